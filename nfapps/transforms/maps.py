@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
+
+from . import splines
 
 
 def soft_clamp(u: Tensor, bound: float) -> Tensor:
@@ -48,3 +51,50 @@ class AffineMap(ElementwiseMap):
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = params[..., 0], soft_clamp(params[..., 1], self.bound)
         return (y - shift) * (-log_scale).exp(), -log_scale
+
+
+class SplineMap(ElementwiseMap):
+    """Monotone rational-quadratic spline with ``bins`` bins (see :mod:`nfapps.transforms.splines`).
+
+    Args:
+        bins: number of bins K.
+        bound: the spline acts on [−B, B]; ignored when ``bounded``.
+        tails: ``"linear"`` (learned boundary slopes continue the spline outside [−B, B]) or
+            ``"identity"`` (slope 1 outside, as in Durkan et al.).
+        bounded: map [0, 1] onto itself, with learned derivatives at both ends (no tails) —
+            the variant for the unit hypercube.
+
+    θ holds K width, K height and K+1 derivative parameters (K−1 for identity tails);
+    θ = 0 gives the identity map.
+    """
+
+    def __init__(self, bins: int = 8, bound: float = 5.0, tails: str = "linear", bounded: bool = False) -> None:
+        if bins < 1:
+            raise ValueError(f"a spline needs at least one bin, got bins={bins}")
+        if tails not in ("linear", "identity"):
+            raise ValueError(f"tails must be 'linear' or 'identity', got {tails!r}")
+        if not bound > 0:
+            raise ValueError(f"bound must be positive, got {bound}")
+        self.bins, self.bound, self.bounded = int(bins), float(bound), bool(bounded)
+        self.identity_tails = tails == "identity" and not bounded
+        self.num_params = 3 * self.bins + (-1 if self.identity_tails else 1)
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        k = self.bins
+        derivatives = splines.derivatives_from(params[..., 2 * k :])
+        if self.identity_tails:
+            ones = derivatives.new_ones((*derivatives.shape[:-1], 1))
+            derivatives = torch.cat([ones, derivatives, ones], dim=-1)
+        return params[..., :k], params[..., k : 2 * k], derivatives
+
+    def _transform(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        widths, heights, derivatives = self._split(params)
+        if self.bounded:
+            return splines.rational_quadratic(x, widths, heights, derivatives, inverse)
+        return splines.unconstrained_rational_quadratic(x, widths, heights, derivatives, inverse, self.bound)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._transform(x, params, inverse=False)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._transform(y, params, inverse=True)

@@ -1,0 +1,144 @@
+"""Ready-made flows for vector data: short parameterisations of the same few transforms.
+
+Every builder returns a :class:`~nfapps.flow.Flow` whose ``config`` records its arguments, so
+:func:`nfapps.save` / :func:`nfapps.load` rebuild it without the user's code.
+
+=========  ======================================  =====================================
+builder    layer                                    element-wise map τ
+=========  ======================================  =====================================
+RealNVP    coupling (halves / alternating masks)   affine, soft-clamped log-scale
+NSF        coupling, or autoregressive             rational-quadratic spline
+MAF        autoregressive (MADE)                   affine, or rational-quadratic spline
+=========  ======================================  =====================================
+
+``bounded=True`` (NSF, MAF with splines) gives a flow on the unit hypercube [0, 1]^d with a
+uniform base: the sampler of neural importance sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .distributions import BoxUniform, StandardNormal
+from .flow import Flow
+from .registry import register_builder
+from .transforms.autoregressive import MaskedAutoregressive
+from .transforms.base import Compose, Transform
+from .transforms.coupling import Coupling, coupling_mask
+from .transforms.maps import AffineMap, ElementwiseMap, SplineMap
+from .transforms.permutations import RandomPermutation
+
+
+def _check_sizes(features: int, context: int, transforms: int) -> None:
+    for name, value, low in (("features", features, 1), ("context", context, 0), ("transforms", transforms, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+
+
+def _coupling_stack(
+    features: int, context: int, transforms: int, elementwise: ElementwiseMap,
+    hidden: Sequence[int], mask: str, randperm: bool, activation: str,
+) -> list[Transform]:
+    if features < 2:
+        raise ValueError("coupling flows need at least 2 features; for 1-D data use MAF, or NSF(autoregressive=True)")
+    layers: list[Transform] = []
+    for i in range(transforms):
+        if randperm:
+            layers.append(RandomPermutation(features, seed=i))
+        layers.append(Coupling(coupling_mask(features, mask, flip=i % 2 == 1), elementwise, context, hidden, activation))
+    return layers
+
+
+def _autoregressive_stack(
+    features: int, context: int, transforms: int, elementwise: ElementwiseMap,
+    hidden: Sequence[int], activation: str,
+) -> list[Transform]:
+    forward, backward = list(range(features)), list(range(features - 1, -1, -1))
+    return [
+        MaskedAutoregressive(features, elementwise, context, hidden, forward if i % 2 == 0 else backward, activation)
+        for i in range(transforms)
+    ]
+
+
+def _flow(layers: list[Transform], features: int, context: int, bounded: bool) -> Flow:
+    base = BoxUniform(features) if bounded else StandardNormal(features)
+    return Flow(Compose(layers), base, context_features=context)
+
+
+@register_builder("RealNVP")
+def RealNVP(
+    features: int,
+    context: int = 0,
+    transforms: int = 8,
+    hidden: Sequence[int] = (128, 128),
+    mask: str = "halves",
+    randperm: bool = False,
+    scale_bound: float = 2.0,
+    activation: str = "relu",
+) -> Flow:
+    """RealNVP (Dinh et al. 2017): affine couplings z_B = x_B ⊙ exp(s(x_A, c)) + t(x_A, c).
+
+    The log-scale is soft-clamped to (−scale_bound, scale_bound); masks alternate so that
+    consecutive layers transform complementary features (``mask="halves"`` or
+    ``"alternating"``; ``randperm`` adds a fixed random permutation before each layer).
+    """
+    _check_sizes(features, context, transforms)
+    layers = _coupling_stack(features, context, transforms, AffineMap(scale_bound), hidden, mask, randperm, activation)
+    return _flow(layers, features, context, bounded=False)
+
+
+@register_builder("NSF")
+def NSF(
+    features: int,
+    context: int = 0,
+    bins: int = 8,
+    transforms: int = 4,
+    hidden: Sequence[int] = (128, 128),
+    bound: float = 5.0,
+    tails: str = "linear",
+    bounded: bool = False,
+    autoregressive: bool = False,
+    mask: str = "halves",
+    randperm: bool = False,
+    activation: str = "relu",
+) -> Flow:
+    """Neural spline flow (Durkan et al. 2019): rational-quadratic spline couplings
+    (or autoregressive layers with ``autoregressive=True``) with ``bins`` bins on [−bound, bound]
+    and linear tails, or on [0, 1]^d with a uniform base when ``bounded``."""
+    _check_sizes(features, context, transforms)
+    spline = SplineMap(bins, bound, tails, bounded)
+    if autoregressive:
+        layers = _autoregressive_stack(features, context, transforms, spline, hidden, activation)
+    else:
+        layers = _coupling_stack(features, context, transforms, spline, hidden, mask, randperm, activation)
+    return _flow(layers, features, context, bounded)
+
+
+@register_builder("MAF")
+def MAF(
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (128, 128),
+    elementwise: str = "affine",
+    bins: int = 8,
+    bound: float = 5.0,
+    tails: str = "linear",
+    bounded: bool = False,
+    scale_bound: float = 2.0,
+    activation: str = "relu",
+) -> Flow:
+    """Masked autoregressive flow (Papamakarios et al. 2017) with MADE conditioners; the
+    feature order reverses from layer to layer. ``elementwise="spline"`` uses
+    rational-quadratic splines (NSF-AR); ``bounded`` (splines only) works on [0, 1]^d."""
+    _check_sizes(features, context, transforms)
+    if elementwise == "affine":
+        if bounded:
+            raise ValueError("bounded=True needs elementwise='spline': an affine map does not keep [0, 1] fixed")
+        tau: ElementwiseMap = AffineMap(scale_bound)
+    elif elementwise == "spline":
+        tau = SplineMap(bins, bound, tails, bounded)
+    else:
+        raise ValueError(f"elementwise must be 'affine' or 'spline', got {elementwise!r}")
+    layers = _autoregressive_stack(features, context, transforms, tau, hidden, activation)
+    return _flow(layers, features, context, bounded)

@@ -1,0 +1,72 @@
+"""Coupling layers (Dinh et al. 2017; Durkan et al. 2019).
+
+The features split into a conditioning part x_A (copied: z_A = x_A) and a transformed part
+x_B, mapped element-wise by a monotone τ whose parameters come from a network of x_A and
+the context c: z_B = τ(x_B; θ(x_A, c)). The Jacobian is block-triangular, so
+log|det ∂z/∂x| = Σ_B log|τ'(x_B)|, and the inverse is x_B = τ⁻¹(z_B; θ(z_A, c)) in one pass.
+With τ affine (z_B = x_B ⊙ exp(s) + t) this is RealNVP; with a rational-quadratic spline, NSF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..nets import MLP
+from .base import Transform
+from .maps import ElementwiseMap
+
+
+def coupling_mask(features: int, kind: str = "halves", flip: bool = False) -> Tensor:
+    """Boolean mask of the conditioning features: ``"halves"`` (first ⌈D/2⌉) or ``"alternating"``
+    (even indices); ``flip`` swaps the roles so that consecutive layers transform every feature."""
+    index = torch.arange(features)
+    if kind == "halves":
+        mask = index < (features + 1) // 2
+    elif kind == "alternating":
+        mask = index % 2 == 0
+    else:
+        raise ValueError(f"mask must be 'halves' or 'alternating', got {kind!r}")
+    return ~mask if flip else mask
+
+
+class Coupling(Transform):
+    """z_A = x_A, z_B = τ(x_B; θ(x_A, c)) for the boolean ``mask`` marking A (the conditioning part)."""
+
+    def __init__(
+        self,
+        mask: Tensor,
+        elementwise: ElementwiseMap,
+        context: int = 0,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.all() or not mask.any():
+            raise ValueError("a coupling mask must mark some features, but not all, as conditioning")
+        self.register_buffer("conditioning", mask.nonzero().squeeze(1))
+        self.register_buffer("transformed", (~mask).nonzero().squeeze(1))
+        self.elementwise = elementwise
+        self.conditioner = MLP(
+            len(self.conditioning) + context, len(self.transformed) * elementwise.num_params, hidden, activation
+        )
+
+    def _params(self, x_a: Tensor, context: Tensor | None) -> Tensor:
+        h = x_a if context is None else torch.cat([x_a, context], dim=-1)
+        return self.conditioner(h).view(x_a.shape[0], len(self.transformed), self.elementwise.num_params)
+
+    def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        params = self._params(x.index_select(1, self.conditioning), context)
+        x_b = x.index_select(1, self.transformed)
+        step = self.elementwise.inverse if inverse else self.elementwise.forward
+        y_b, ladj = step(x_b, params)
+        return x.index_copy(1, self.transformed, y_b), ladj.sum(dim=1)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._transform(x, context, inverse=False)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._transform(z, context, inverse=True)
