@@ -150,52 +150,6 @@ class Reshape(Transform):
         return f"{self.in_shape} → {self.out_shape}"
 
 
-class Shift(Transform):
-    """y = x + offset (e.g. −½ to centre data in [0, 1)); log|det| = 0."""
-
-    def __init__(self, offset: float) -> None:
-        super().__init__()
-        self.offset = float(offset)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return x + self.offset, x.new_zeros(x.shape[0])
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return z - self.offset, z.new_zeros(z.shape[0])
-
-    def extra_repr(self) -> str:
-        return f"offset={self.offset}"
-
-
-class Logit(Transform):
-    """Map [0, 1) to ℝ element-wise: p = α + (1 − 2α)·x, y = log p − log(1 − p).
-
-    The margin α keeps p in [α, 1 − α] so y stays finite at x = 0;
-    log|dy/dx| = log(1 − 2α) − log p − log(1 − p), summed over every element.
-    """
-
-    def __init__(self, margin: float = 0.05) -> None:
-        super().__init__()
-        if not 0.0 <= margin < 0.5:
-            raise ValueError(f"Logit margin must lie in [0, 0.5), got {margin}")
-        self.margin = float(margin)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        p = self.margin + (1.0 - 2.0 * self.margin) * x
-        log_p, log_q = p.log(), (-p).log1p()
-        ladj = math.log1p(-2.0 * self.margin) - log_p - log_q
-        return log_p - log_q, sum_except_batch(ladj)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        log_p, log_q = F.logsigmoid(z), F.logsigmoid(-z)
-        x = (z.sigmoid() - self.margin) / (1.0 - 2.0 * self.margin)
-        ladj = log_p + log_q - math.log1p(-2.0 * self.margin)
-        return x, sum_except_batch(ladj)
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}"
-
-
 class ConvConditioner(nn.Sequential):
     """3×3 conv → ReLU → 1×1 conv → ReLU → 3×3 conv; the last conv starts at zero."""
 
@@ -217,25 +171,23 @@ class AffineCouplingConv(Transform):
     by :class:`~nfapps.transforms.maps.AffineMap`; log|det| = Σ s.
 
     The conditioner's last layer starts at zero, so a fresh layer is the identity. A context
-    of shape (batch, context_features) is broadcast over the pixels and stacked onto x_a.
+    of shape (batch, context) is broadcast over the pixels and stacked onto x_a as channels.
     """
 
-    def __init__(self, channels: int, hidden: int = 64, context_features: int = 0, bound: float = 2.0) -> None:
+    def __init__(self, channels: int, hidden: int = 64, context: int = 0, scale_bound: float = 2.0) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"AffineCouplingConv needs at least 2 channels, got {channels}")
         self.split = channels // 2
-        self.context_features = int(context_features)
-        self.map = AffineMap(bound)
-        self.conditioner = ConvConditioner(
-            self.split + self.context_features, (channels - self.split) * self.map.num_params, hidden
-        )
+        self.context = int(context)
+        self.map = AffineMap(scale_bound)
+        self.conditioner = ConvConditioner(self.split + self.context, (channels - self.split) * self.map.num_params, hidden)
 
     def _params(self, x_a: Tensor, context: Tensor | None) -> Tensor:
         """Conditioner output as (batch, C − ⌊C/2⌋, H, W, num_params)."""
-        if self.context_features:
+        if self.context:
             if context is None:
-                raise ValueError(f"this coupling is conditional: pass a context of shape (batch, {self.context_features})")
+                raise ValueError(f"this coupling is conditional: pass a context of shape (batch, {self.context})")
             x_a = torch.cat([x_a, context[:, :, None, None].expand(-1, -1, *x_a.shape[2:])], dim=1)
         out = self.conditioner(x_a)
         b, _, h, w = out.shape
@@ -292,8 +244,6 @@ __all__ = [
     "InvertibleConv1x1",
     "Squeeze",
     "Reshape",
-    "Shift",
-    "Logit",
     "ConvConditioner",
     "AffineCouplingConv",
     "MultiScale",
