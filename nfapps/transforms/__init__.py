@@ -1,0 +1,18 @@
+"""All transforms share one contract (:class:`~nfapps.transforms.base.Transform`)."""
+
+from .autoregressive import MaskedAutoregressive
+from .base import Compose, Inverse, Transform
+from .coupling import Coupling, coupling_mask
+from .elementwise import Affine, Elementwise, Logit, Sigmoid
+from .image import ActNorm, AffineCouplingConv, InvertibleConv1x1, MultiScale, Reshape, Squeeze
+from .maps import AffineMap, ElementwiseMap, SplineMap
+from .permutations import Permutation, RandomPermutation, ReversePermutation
+
+__all__ = [
+    "Transform", "Compose", "Inverse",
+    "Coupling", "coupling_mask", "MaskedAutoregressive",
+    "Affine", "Elementwise", "Logit", "Sigmoid",
+    "ActNorm", "InvertibleConv1x1", "Squeeze", "Reshape", "AffineCouplingConv", "MultiScale",
+    "ElementwiseMap", "AffineMap", "SplineMap",
+    "Permutation", "ReversePermutation", "RandomPermutation",
+]
