@@ -17,6 +17,7 @@ uniform base: the sampler of neural importance sampling.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from .distributions import BoxUniform, StandardNormal
@@ -31,7 +32,7 @@ from .transforms.permutations import RandomPermutation
 
 def _check_sizes(features: int, context: int, transforms: int) -> None:
     for name, value, low in (("features", features, 1), ("context", context, 0), ("transforms", transforms, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
 
 

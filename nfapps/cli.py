@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"nfapps: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 BUILDERS: dict[str, Callable[..., Any]] = {}
 
@@ -24,6 +27,7 @@ def register_builder(name: str) -> Callable[[Callable[..., Any]], Callable[..., 
         @functools.wraps(fn)
         def build(*args: Any, **kwargs: Any):
             bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()  # record defaults too: a later default change cannot alter a saved flow
             arguments: dict[str, Any] = {}
             for key, value in bound.arguments.items():
                 if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
@@ -48,8 +52,15 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, str):
         return value
+    # numpy scalars become the built-in bool / int / float they stand for
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
     raise TypeError(
         f"builder argument {value!r} of type {type(value).__name__} cannot be saved; "
         "use plain numbers, strings, lists or dicts"

@@ -394,7 +394,7 @@ def _check_finite_epoch(epoch: int, train_nll: float, val_nll: float | None, lr:
 
 def _log_epoch(epoch: int, epochs: int, train_nll: float, val_nll: float | None, improved: bool, seconds: float) -> None:
     val = f", val NLL {val_nll:.4f}{' *' if improved else ''}" if val_nll is not None else ""
-    logger.info("epoch %d/%d: train NLL %.4f%s (%.2f s)", epoch + 1, epochs, train_nll, val, seconds)
+    logger.debug("epoch %d/%d: train NLL %.4f%s (%.2f s)", epoch + 1, epochs, train_nll, val, seconds)
 
 
 def _clone_state(flow: Flow) -> dict[str, Tensor]:

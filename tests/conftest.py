@@ -2,6 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+# Small tensors on a 2-core CI machine: extra intra-op threads only contend.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -13,7 +13,6 @@ import torch.distributed
 
 import nfapps.distributed as dist
 
-torch.set_num_threads(1)
 
 # One source for both runs: the test imports it, torchrun runs it as a script.
 SCRIPT = '''

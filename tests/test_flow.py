@@ -106,6 +106,11 @@ def test_one_dimensional_flows():
         assert torch.isfinite(lp).all()
 
 
-def test_builders_record_their_arguments():
-    flow = NSF(3, context=1, bins=5, hidden=[16, 16])
-    assert flow.config == {"builder": "NSF", "kwargs": {"features": 3, "context": 1, "bins": 5, "hidden": [16, 16]}}
+def test_builders_record_their_arguments_and_defaults():
+    flow = NSF(3, context=1, bins=np.int64(5), hidden=(16, 16), bound=np.float32(4.0))
+    kwargs = flow.config["kwargs"]
+    assert flow.config["builder"] == "NSF"
+    assert {k: kwargs[k] for k in ("features", "context", "bins", "hidden", "bound")} == {
+        "features": 3, "context": 1, "bins": 5, "hidden": [16, 16], "bound": 4.0}
+    assert type(kwargs["bins"]) is int and type(kwargs["bound"]) is float
+    assert kwargs["transforms"] == 4 and kwargs["tails"] == "linear"  # defaults are recorded too

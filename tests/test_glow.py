@@ -22,7 +22,6 @@ from nfapps.transforms.image import (
     Squeeze,
 )
 
-torch.set_num_threads(1)
 
 
 def logdet_autograd(fn, inputs: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:

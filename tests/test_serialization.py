@@ -17,7 +17,6 @@ from nfapps.training import fit
 
 from conftest import perturb
 
-torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize(

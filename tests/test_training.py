@@ -21,7 +21,6 @@ from nfapps.device import resolve_device
 from nfapps.flow import Flow
 from nfapps.training import History, fit
 
-torch.set_num_threads(1)  # two shared cores: more intra-op threads only contend
 TESTS = Path(__file__).parent
 
 
