@@ -39,6 +39,16 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.eps = float(eps)
         self.register_buffer("initialized", torch.tensor(False))
+        self._known_initialized = False  # host-side mirror: no device sync once initialised
+
+    def _needs_init(self) -> bool:
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return not self._known_initialized
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # re-read the loaded buffer on the next call
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
@@ -52,13 +62,13 @@ class ActNorm(Transform):
         return _batch_constant(x.shape[2] * x.shape[3] * self.log_scale.sum(), x)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not bool(self.initialized):
+        if self._needs_init():
             self._initialize(x)
         y = (x + self.shift[:, None, None]) * self.log_scale.exp()[:, None, None]
         return y, self._logabsdet(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not bool(self.initialized):
+        if self._needs_init():
             self.initialized.fill_(True)
         x = z * (-self.log_scale).exp()[:, None, None] - self.shift[:, None, None]
         return x, -self._logabsdet(z)
