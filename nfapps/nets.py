@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+INPLACE = {"relu", "elu"}  # activations whose backward reads only their output
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -31,10 +32,20 @@ class MLP(nn.Sequential):
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
-                layers.append(_activation(activation)())
+                # in place where the backward needs only the result: saves a pass over (batch, width)
+                layers.append(_activation(activation)(**({"inplace": True} if activation in INPLACE else {})))
         super().__init__(*layers)
         nn.init.zeros_(self[-1].weight)
         nn.init.zeros_(self[-1].bias)
+
+    def transposed(self, x: Tensor) -> Tensor:
+        """The output transposed, (out_features, batch) and contiguous: ``forward(x).t()`` with the
+        last layer computed as W·hᵀ + b, at the cost of the usual product. Couplings read their
+        parameters from it feature by feature, with the batch along the fast axis."""
+        *body, last = self
+        for layer in body:
+            x = layer(x)
+        return torch.addmm(last.bias.unsqueeze(1), last.weight, x.t())
 
 
 class MaskedLinear(nn.Linear):

@@ -53,17 +53,41 @@ class Coupling(Transform):
         self.conditioner = MLP(
             len(self.conditioning) + context, len(self.transformed) * elementwise.num_params, hidden, activation
         )
+        self._find_blocks()
 
-    def _params(self, x_a: Tensor, context: Tensor | None) -> Tensor:
-        h = x_a if context is None else torch.cat([x_a, context], dim=-1)
-        return self.conditioner(h).view(x_a.shape[0], len(self.transformed), self.elementwise.num_params)
+    def _find_blocks(self) -> None:
+        """When A and B are each one contiguous run of features (``"halves"`` masks), split and
+        join with slices and ``cat`` instead of ``index_select`` / ``index_copy``."""
+        a, b = self.conditioning.tolist(), self.transformed.tolist()
+        runs = all(v == list(range(v[0], v[0] + len(v))) for v in (a, b))
+        self._blocks = (slice(a[0], a[-1] + 1), slice(b[0], b[-1] + 1), a[0] < b[0]) if runs else None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._find_blocks()
 
     def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        params = self._params(x.index_select(1, self.conditioning), context)
-        x_b = x.index_select(1, self.transformed)
+        if self._blocks is None:
+            x_a, x_b = x.index_select(1, self.conditioning), x.index_select(1, self.transformed)
+        else:
+            x_a, x_b = x[:, self._blocks[0]], x[:, self._blocks[1]]
+        h = x_a if context is None else torch.cat([x_a, context], dim=-1)
+        n, p = x.shape[0], self.elementwise.num_params
         step = self.elementwise.inverse if inverse else self.elementwise.forward
-        y_b, ladj = step(x_b, params)
-        return x.index_copy(1, self.transformed, y_b), ladj.sum(dim=1)
+        if self.elementwise.batch_fastest:
+            # feature-major: x_B as (|B|, batch) and θ as (|B|, batch, P) laid out (|B|, P, batch),
+            # straight from the conditioner's last product, so every per-element row is contiguous
+            params = self.conditioner.transposed(h).view(len(self.transformed), p, n).transpose(1, 2)
+            y_b, ladj = step(x_b.t().contiguous(), params)
+            y_b, ladj = y_b.t(), ladj.sum(dim=0)
+        else:
+            y_b, ladj = step(x_b, self.conditioner(h).view(n, len(self.transformed), p))
+            ladj = ladj.sum(dim=1)
+        if self._blocks is None:
+            out = x.index_copy(1, self.transformed, y_b)
+        else:
+            out = torch.cat([x_a, y_b] if self._blocks[2] else [y_b, x_a], dim=1)
+        return out, ladj
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._transform(x, context, inverse=False)

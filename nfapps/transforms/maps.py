@@ -24,6 +24,10 @@ class ElementwiseMap:
     """Interface of an element-wise bijection with ``num_params`` parameters per element."""
 
     num_params: int
+    #: The map runs faster with the batch along the fast axis: couplings then pass x as
+    #: (features, batch) and θ as (features, batch, num_params) laid out (features, num_params,
+    #: batch) — the same logical shapes, transposed. Results never depend on it.
+    batch_fastest: bool = False
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -46,11 +50,12 @@ class AffineMap(ElementwiseMap):
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = params[..., 0], soft_clamp(params[..., 1], self.bound)
-        return x * log_scale.exp() + shift, log_scale
+        return torch.addcmul(shift, x, log_scale.exp()), log_scale
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = params[..., 0], soft_clamp(params[..., 1], self.bound)
-        return (y - shift) * (-log_scale).exp(), -log_scale
+        # soft_clamp is odd, so −s comes straight from −θ₁ (no separate negations)
+        shift, neg_log_scale = params[..., 0], soft_clamp(-params[..., 1], self.bound)
+        return (y - shift) * neg_log_scale.exp(), neg_log_scale
 
 
 class SplineMap(ElementwiseMap):
@@ -68,6 +73,8 @@ class SplineMap(ElementwiseMap):
     θ = 0 gives the identity map.
     """
 
+    batch_fastest = True  # softmax and knot search over θ's axis run vectorised over the batch
+
     def __init__(self, bins: int = 8, bound: float = 5.0, tails: str = "linear", bounded: bool = False) -> None:
         if bins < 1:
             raise ValueError(f"a spline needs at least one bin, got bins={bins}")
@@ -80,6 +87,7 @@ class SplineMap(ElementwiseMap):
         self.num_params = 3 * self.bins + (-1 if self.identity_tails else 1)
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Unnormalised widths, heights and the positive knot derivatives (…, K+1)."""
         k = self.bins
         derivatives = splines.derivatives_from(params[..., 2 * k :])
         if self.identity_tails:
@@ -88,10 +96,16 @@ class SplineMap(ElementwiseMap):
         return params[..., :k], params[..., k : 2 * k], derivatives
 
     def _transform(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        widths, heights, derivatives = self._split(params)
-        if self.bounded:
-            return splines.rational_quadratic(x, widths, heights, derivatives, inverse)
-        return splines.unconstrained_rational_quadratic(x, widths, heights, derivatives, inverse, self.bound)
+        # Same map as splines.(unconstrained_)rational_quadratic(x, *self._split(params)), with θ
+        # moved first: the softmax runs once over widths and heights together, off the last axis,
+        # and only the two derivatives in use are made positive.
+        k = self.bins
+        theta = params.movedim(-1, 0)
+        p = splines._softmax_first(theta[: 2 * k].unflatten(0, (2, k)))
+        box = (0.0, 1.0) if self.bounded else (-self.bound, self.bound)
+        edges = splines._edges(p, (box, box), splines.DEFAULT_MIN_BIN)
+        derivatives = splines.gather_raw_derivatives(theta, 2 * k, k, self.identity_tails)
+        return splines.spline(x, edges, derivatives, inverse, box, tails=not self.bounded)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._transform(x, params, inverse=False)
