@@ -83,7 +83,7 @@ class Settings:
     hidden: tuple[int, ...] = (128, 128)
     bins: int = 8
     batch: int = 4096
-    repeats: int = 15
+    repeats: int = 30
     block: int = 3
     warmup: int = 2
     threads: int = 2
@@ -418,7 +418,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=8, help="coupling layers (default 8)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="conditioner widths (default 128 128)")
     p.add_argument("--bins", type=int, default=8, help="spline bins (default 8)")
-    p.add_argument("--repeats", type=int, default=15, help="timed calls per library and task (default 15)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per library and task (default 30)")
     p.add_argument("--block", type=int, default=3, help="consecutive calls per library in a round (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder for engine.json and engine.png")

@@ -57,10 +57,10 @@ class Coupling(Transform):
 
     def _find_blocks(self) -> None:
         """When A and B are each one contiguous run of features (``"halves"`` masks), split and
-        join with slices and ``cat`` instead of ``index_select`` / ``index_copy``."""
+        join with ``split`` and ``cat`` instead of ``index_select`` / ``index_copy``."""
         a, b = self.conditioning.tolist(), self.transformed.tolist()
         runs = all(v == list(range(v[0], v[0] + len(v))) for v in (a, b))
-        self._blocks = (slice(a[0], a[-1] + 1), slice(b[0], b[-1] + 1), a[0] < b[0]) if runs else None
+        self._blocks = ([len(a), len(b)] if a[0] < b[0] else [len(b), len(a)], a[0] < b[0]) if runs else None
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -69,8 +69,10 @@ class Coupling(Transform):
     def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         if self._blocks is None:
             x_a, x_b = x.index_select(1, self.conditioning), x.index_select(1, self.transformed)
-        else:
-            x_a, x_b = x[:, self._blocks[0]], x[:, self._blocks[1]]
+        else:  # one split: its backward joins the two gradients, where two slices would each pad
+            x_a, x_b = x.split(self._blocks[0], dim=1)
+            if not self._blocks[1]:
+                x_a, x_b = x_b, x_a
         h = x_a if context is None else torch.cat([x_a, context], dim=-1)
         n, p = x.shape[0], self.elementwise.num_params
         step = self.elementwise.inverse if inverse else self.elementwise.forward
@@ -86,7 +88,7 @@ class Coupling(Transform):
         if self._blocks is None:
             out = x.index_copy(1, self.transformed, y_b)
         else:
-            out = torch.cat([x_a, y_b] if self._blocks[2] else [y_b, x_a], dim=1)
+            out = torch.cat([x_a, y_b] if self._blocks[1] else [y_b, x_a], dim=1)
         return out, ladj
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
