@@ -46,7 +46,7 @@ class StandardNormal(BaseDistribution):
 
 
 class BoxUniform(BaseDistribution):
-    """Uniform on [low, high]^D: log p(z) = −D·log(high − low) inside the box, −inf outside."""
+    """Uniform on [low, high]^D: log p(z) = −D·log(high − low) inside the box (up to rounding), −inf outside."""
 
     def __init__(self, event_shape: int | tuple[int, ...], low: float = 0.0, high: float = 1.0) -> None:
         super().__init__()
@@ -59,7 +59,10 @@ class BoxUniform(BaseDistribution):
 
     def log_prob(self, z: Tensor) -> Tensor:
         flat = z.reshape(z.shape[0], -1)
-        inside = ((flat >= self.low) & (flat <= self.high)).all(dim=1)
+        # a few units of rounding past an end still count as inside: bounded maps reach their
+        # ends in floating point only up to rounding, and a point there must not get density 0
+        slack = 8 * torch.finfo(z.dtype).eps * (self.high - self.low)
+        inside = ((flat >= self.low - slack) & (flat <= self.high + slack)).all(dim=1)
         return torch.where(inside, self._log_density, -math.inf).to(z.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,120 @@
+"""Importance-sampling estimates from weights w_i = f(x_i)/q(x_i), x_i ~ q.
+
+I ≈ Î = (1/N) Σ w_i, with standard error σ̂/√N where σ̂² = (Σw² − N Î²)/(N − 1): unbiased for
+any q that covers the support of f. Tallies (N, Σw, Σw²) add across batches and processes,
+so a run split over ranks or resumed later combines exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Tally:
+    """Running sums of importance weights: count n, Σw, Σw², Σ|w|, max|w|."""
+
+    n: int = 0
+    sum_w: float = 0.0
+    sum_w2: float = 0.0
+    sum_abs_w: float = 0.0
+    max_abs_w: float = 0.0
+
+    def add(self, w: Tensor | np.ndarray) -> "Tally":
+        w = torch.as_tensor(w, dtype=torch.float64)
+        self.n += int(w.numel())
+        self.sum_w += float(w.sum())
+        self.sum_w2 += float(w.square().sum())
+        self.sum_abs_w += float(w.abs().sum())
+        self.max_abs_w = max(self.max_abs_w, float(w.abs().max())) if w.numel() else self.max_abs_w
+        return self
+
+    def merge(self, other: "Tally") -> "Tally":
+        return Tally(
+            self.n + other.n, self.sum_w + other.sum_w, self.sum_w2 + other.sum_w2,
+            self.sum_abs_w + other.sum_abs_w, max(self.max_abs_w, other.max_abs_w),
+        )
+
+    def to_tensor(self) -> Tensor:
+        """(n, Σw, Σw², Σ|w|) as float64, for an all-reduce sum (the max is reduced separately)."""
+        return torch.tensor([self.n, self.sum_w, self.sum_w2, self.sum_abs_w], dtype=torch.float64)
+
+    @property
+    def mean(self) -> float:
+        return self.sum_w / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation of the weights, σ̂ = √((Σw² − N Î²)/(N − 1))."""
+        if self.n < 2:
+            return math.nan
+        return math.sqrt(max(self.sum_w2 - self.n * self.mean**2, 0.0) / (self.n - 1))
+
+    @property
+    def error(self) -> float:
+        """Standard error of the mean, σ̂/√N."""
+        return self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
+
+    @property
+    def relative_std(self) -> float:
+        """Relative standard deviation per event, σ̂/|Î| (√N × the relative error)."""
+        return self.std / abs(self.mean) if self.mean else math.inf
+
+    @property
+    def effective_sample_size(self) -> float:
+        """Kish's ESS, (Σ|w|)²/Σw²: the number of unweighted events as informative as these."""
+        return self.sum_abs_w**2 / self.sum_w2 if self.sum_w2 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def unweighting_efficiency(w: Tensor | np.ndarray) -> float:
+    """Classic hit-or-miss efficiency ⟨|w|⟩ / max |w|."""
+    w = np.abs(np.asarray(w, dtype=np.float64))
+    return float(w.mean() / w.max()) if w.size and w.max() > 0 else 0.0
+
+
+def bootstrap_unweighting_efficiency(
+    w: Tensor | np.ndarray, replica_size: int = 10_000, replicas: int = 50, seed: int = 0
+) -> float:
+    """Gao et al. (2020) variant: ⟨|w|⟩ over the median, across bootstrap replicas of
+    ``replica_size`` weights, of the replica's maximum — robust against one rare huge weight."""
+    w = np.abs(np.asarray(w, dtype=np.float64))
+    if not w.size:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    maxima = [w[rng.integers(0, w.size, min(replica_size, w.size))].max() for _ in range(replicas)]
+    median = float(np.median(maxima))
+    return float(w.mean() / median) if median > 0 else 0.0
+
+
+def overweight_cap(w: Tensor | np.ndarray, overweight: float = 1e-3) -> float:
+    """The smallest cap c with Σ max(|w| − c, 0) ≤ δ·Σ|w| (δ = ``overweight``)."""
+    w = np.sort(np.abs(np.asarray(w, dtype=np.float64)))[::-1]
+    if not w.size or w[0] <= 0:
+        return 0.0
+    total = w.sum()
+    # Sorted descending, the overweight of a cap at w[k] is E_k = Σ_{i<k} (w[i] − w[k]), rising
+    # with k: take the last k with E_k ≤ δ·Σ|w|; between w[k+1] and w[k] the overweight of a cap
+    # c is Σ_{i≤k} w[i] − (k+1)·c, linear, so the cap solves it exactly.
+    before = np.concatenate([[0.0], np.cumsum(w)[:-1]])
+    excess = before - np.arange(w.size) * w
+    k = max(int(np.searchsorted(excess, overweight * total, side="right")) - 1, 0)
+    cap = (before[k] + w[k] - overweight * total) / (k + 1)
+    floor = w[k + 1] if k + 1 < w.size else 0.0
+    return float(min(max(cap, floor), w[k]))
+
+
+def truncated_unweighting_efficiency(w: Tensor | np.ndarray, overweight: float = 1e-3) -> float:
+    """⟨min(|w|, c)⟩ / c for the cap c of :func:`overweight_cap`: the acceptance rate of
+    unweighting against a cap that leaves a fraction δ = ``overweight`` of the total weight
+    above it (events above the cap are kept with weight |w|/c > 1)."""
+    w = np.abs(np.asarray(w, dtype=np.float64))
+    cap = overweight_cap(w, overweight)
+    return float(np.minimum(w, cap).mean() / cap) if cap > 0 else 0.0
