@@ -12,7 +12,9 @@ MAF        autoregressive (MADE)                   affine, or rational-quadratic
 =========  ======================================  =====================================
 
 ``bounded=True`` (NSF, MAF with splines) gives a flow on the unit hypercube [0, 1]^d with a
-uniform base: the sampler of neural importance sampling.
+uniform base: the sampler of neural importance sampling. A VEGAS-like separable adaptive grid is
+``Elementwise(d, PiecewiseLinearMap(K))`` (a learnable K-bin histogram per dimension);
+``NSF(d, bounded=True, pre_map=K)`` applies one to the data before the couplings.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from .registry import register_builder
 from .transforms.autoregressive import MaskedAutoregressive
 from .transforms.base import Compose, Transform
 from .transforms.coupling import Coupling, coupling_mask
+from .transforms.elementwise import Elementwise
 from .transforms.maps import AffineMap, ElementwiseMap, SplineMap
 from .transforms.permutations import RandomPermutation
+from .transforms.piecewise import PiecewiseLinearMap
 
 
 def _check_sizes(features: int, context: int, transforms: int) -> None:
@@ -102,16 +106,26 @@ def NSF(
     mask: str = "halves",
     randperm: bool = False,
     activation: str = "relu",
+    pre_map: int = 0,
 ) -> Flow:
     """Neural spline flow (Durkan et al. 2019): rational-quadratic spline couplings
     (or autoregressive layers with ``autoregressive=True``) with ``bins`` bins on [−bound, bound]
-    and linear tails, or on [0, 1]^d with a uniform base when ``bounded``."""
+    and linear tails, or on [0, 1]^d with a uniform base when ``bounded``.
+
+    ``pre_map=K`` (bounded only) first maps the data through a learnable K-bin piecewise-linear
+    map per dimension, ``Elementwise(features, PiecewiseLinearMap(K))``: a VEGAS-like grid."""
     _check_sizes(features, context, transforms)
+    if not isinstance(pre_map, numbers.Integral) or isinstance(pre_map, bool) or pre_map < 0:
+        raise ValueError(f"pre_map must be an integer ≥ 0, got {pre_map!r}")
+    if pre_map and not bounded:
+        raise ValueError("pre_map needs bounded=True: the piecewise-linear map acts on [0, 1]")
     spline = SplineMap(bins, bound, tails, bounded)
     if autoregressive:
         layers = _autoregressive_stack(features, context, transforms, spline, hidden, activation)
     else:
         layers = _coupling_stack(features, context, transforms, spline, hidden, mask, randperm, activation)
+    if pre_map:
+        layers.insert(0, Elementwise(features, PiecewiseLinearMap(pre_map)))
     return _flow(layers, features, context, bounded)
 
 

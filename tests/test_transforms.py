@@ -21,6 +21,7 @@ from nfapps.transforms.coupling import Coupling, coupling_mask
 from nfapps.transforms.elementwise import Affine, Elementwise, Logit, Sigmoid
 from nfapps.transforms.maps import AffineMap, SplineMap
 from nfapps.transforms.permutations import RandomPermutation, ReversePermutation
+from nfapps.transforms.piecewise import PiecewiseLinearMap, PiecewiseQuadraticMap
 
 D, C = 5, 3  # features, context width
 
@@ -37,6 +38,12 @@ def _cases():
         ("autoregressive-spline-order", lambda: MaskedAutoregressive(D, SplineMap(4, 2.0), 0, (24,), order=[3, 1, 4, 0, 2]), 0, "real"),
         ("autoregressive-spline-bounded-ctx", lambda: MaskedAutoregressive(D, SplineMap(4, bounded=True), C, (24,)), C, "unit"),
         ("elementwise-spline", lambda: Elementwise(D, SplineMap(6, 2.0)), 0, "real"),
+        ("coupling-piecewise-linear", lambda: Coupling(coupling_mask(D), PiecewiseLinearMap(6), hidden=(16,)), 0, "unit"),
+        ("coupling-piecewise-quadratic-alternating-ctx", lambda: Coupling(coupling_mask(D, "alternating", True), PiecewiseQuadraticMap(5), C, (16,)), C, "unit"),
+        ("autoregressive-piecewise-linear-ctx", lambda: MaskedAutoregressive(D, PiecewiseLinearMap(6), C, (24,)), C, "unit"),
+        ("autoregressive-piecewise-quadratic-ctx", lambda: MaskedAutoregressive(D, PiecewiseQuadraticMap(4), C, (24,), order=[3, 1, 4, 0, 2]), C, "unit"),
+        ("elementwise-piecewise-linear", lambda: Elementwise(D, PiecewiseLinearMap(7)), 0, "unit"),
+        ("elementwise-piecewise-quadratic-ctx", lambda: Elementwise(D, PiecewiseQuadraticMap(5), C), C, "unit"),
         ("elementwise-affine-ctx", lambda: Elementwise(D, AffineMap(), C), C, "real"),
         ("reverse", lambda: ReversePermutation(D), 0, "real"),
         ("random-permutation", lambda: RandomPermutation(D, seed=3), 0, "real"),
@@ -47,6 +54,7 @@ def _cases():
         ("RealNVP", lambda: RealNVP(D, C, transforms=3, hidden=(16,)).transform, C, "real"),
         ("NSF", lambda: NSF(D, C, bins=4, transforms=2, hidden=(16,), bound=2.0).transform, C, "real"),
         ("NSF-ar-bounded", lambda: NSF(D, bins=4, transforms=2, hidden=(16,), bounded=True, autoregressive=True).transform, 0, "unit"),
+        ("NSF-bounded-pre-map-ctx", lambda: NSF(D, C, bins=4, transforms=2, hidden=(16,), bounded=True, pre_map=6).transform, C, "unit"),
         ("MAF-spline", lambda: MAF(D, C, transforms=2, hidden=(16,), elementwise="spline", bins=4).transform, C, "real"),
     ]
 

@@ -7,12 +7,13 @@ from .elementwise import Affine, Elementwise, Logit, Sigmoid
 from .image import ActNorm, AffineCouplingConv, InvertibleConv1x1, MultiScale, Reshape, Squeeze
 from .maps import AffineMap, ElementwiseMap, SplineMap
 from .permutations import Permutation, RandomPermutation, ReversePermutation
+from .piecewise import PiecewiseLinearMap, PiecewiseQuadraticMap
 
 __all__ = [
     "Transform", "Compose", "Inverse",
     "Coupling", "coupling_mask", "MaskedAutoregressive",
     "Affine", "Elementwise", "Logit", "Sigmoid",
     "ActNorm", "InvertibleConv1x1", "Squeeze", "Reshape", "AffineCouplingConv", "MultiScale",
-    "ElementwiseMap", "AffineMap", "SplineMap",
+    "ElementwiseMap", "AffineMap", "SplineMap", "PiecewiseLinearMap", "PiecewiseQuadraticMap",
     "Permutation", "ReversePermutation", "RandomPermutation",
 ]

@@ -72,8 +72,9 @@ def Sigmoid(margin: float = 1e-6) -> Transform:
 class Elementwise(Transform):
     """z_i = τ(x_i; θ_i) with a learnable θ per feature, or θ = MLP(c) with a context.
 
-    With a spline τ this is a separable, per-dimension adaptive map (VEGAS-like grid); with
-    an affine τ it is a learnable diagonal scale and shift.
+    With a spline τ this is a separable, per-dimension adaptive map; with
+    ``PiecewiseLinearMap(K)`` it is exactly a VEGAS-like grid, a learnable K-bin histogram per
+    dimension of [0, 1]^d; with an affine τ it is a learnable diagonal scale and shift.
     """
 
     def __init__(self, features: int, elementwise: ElementwiseMap, context: int = 0, hidden=(64,)) -> None:
