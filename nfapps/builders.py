@@ -6,7 +6,7 @@ Every builder returns a :class:`~nfapps.flow.Flow` whose ``config`` records its 
 =========  ======================================  =====================================
 builder    layer                                    element-wise map τ
 =========  ======================================  =====================================
-RealNVP    coupling (halves / alternating masks)   affine, soft-clamped log-scale
+RealNVP    coupling (halves / alternating / binary) affine, soft-clamped log-scale
 NSF        coupling, or autoregressive             rational-quadratic spline
 MAF        autoregressive (MADE)                   affine, or rational-quadratic spline
 =========  ======================================  =====================================
@@ -50,7 +50,7 @@ def _coupling_stack(
     for i in range(transforms):
         if randperm:
             layers.append(RandomPermutation(features, seed=i))
-        layers.append(Coupling(coupling_mask(features, mask, flip=i % 2 == 1), elementwise, context, hidden, activation))
+        layers.append(Coupling(coupling_mask(features, mask, flip=i % 2 == 1, layer=i), elementwise, context, hidden, activation))
     return layers
 
 
@@ -84,8 +84,9 @@ def RealNVP(
     """RealNVP (Dinh et al. 2017): affine couplings z_B = x_B ⊙ exp(s(x_A, c)) + t(x_A, c).
 
     The log-scale is soft-clamped to (−scale_bound, scale_bound); masks alternate so that
-    consecutive layers transform complementary features (``mask="halves"`` or
-    ``"alternating"``; ``randperm`` adds a fixed random permutation before each layer).
+    consecutive layers transform complementary features (``mask="halves"``, ``"alternating"``
+    or ``"binary"`` — every feature conditions every other within 2⌈log₂ D⌉ layers; ``randperm``
+    adds a fixed random permutation before each layer).
     """
     _check_sizes(features, context, transforms)
     layers = _coupling_stack(features, context, transforms, AffineMap(scale_bound), hidden, mask, randperm, activation)

@@ -129,3 +129,24 @@ def test_logit_round_trip_at_the_edges_is_finite():
     back, _ = t.inverse(z)
     torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
     assert torch.isfinite(Sigmoid()(torch.tensor([[1e4, -1e4, 0.0, 50.0, -50.0]]))[1]).all()
+
+
+@pytest.mark.parametrize("features", [2, 3, 5, 8, 16, 17])
+def test_binary_masks_let_every_feature_condition_every_other(features):
+    layers = 2 * max(1, math.ceil(math.log2(features)))
+    conditions = torch.zeros(features, features, dtype=torch.bool)  # [i, j]: i conditions j in some layer
+    for layer in range(layers):
+        mask = coupling_mask(features, "binary", flip=layer % 2 == 1, layer=layer)
+        assert mask.any() and not mask.all()
+        conditions |= mask[:, None] & ~mask[None, :]
+    assert (conditions | torch.eye(features, dtype=torch.bool)).all()
+
+
+def test_binary_mask_coupling_flow_is_exact():
+    t = RealNVP(D, transforms=4, hidden=(8,), mask="binary").transform.double()
+    perturb(t, 0.1)
+    x = _inputs("real")
+    z, ladj = t(x)
+    J = jacobian(lambda xi: t(xi[None])[0][0], x[0])
+    assert abs(float(torch.linalg.slogdet(J)[1]) - float(ladj[0])) < 1e-8
+    torch.testing.assert_close(t.inverse(z)[0], x)

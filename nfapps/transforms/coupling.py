@@ -9,6 +9,7 @@ With τ affine (z_B = x_B ⊙ exp(s) + t) this is RealNVP; with a rational-quadr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,16 +20,25 @@ from .base import Transform
 from .maps import ElementwiseMap
 
 
-def coupling_mask(features: int, kind: str = "halves", flip: bool = False) -> Tensor:
-    """Boolean mask of the conditioning features: ``"halves"`` (first ⌈D/2⌉) or ``"alternating"``
-    (even indices); ``flip`` swaps the roles so that consecutive layers transform every feature."""
+def coupling_mask(features: int, kind: str = "halves", flip: bool = False, layer: int = 0) -> Tensor:
+    """Boolean mask of the conditioning features: ``"halves"`` (first ⌈D/2⌉), ``"alternating"``
+    (even indices) or ``"binary"``; ``flip`` swaps the roles so that consecutive layers transform
+    every feature.
+
+    ``"binary"`` (as in i-flow): the pair of layers 2j, 2j+1 splits the features by bit
+    j mod ⌈log₂ D⌉ of their index. Any two features differ in some bit, so after 2⌈log₂ D⌉ layers
+    every feature has conditioned every other — which halves alone never give within a half.
+    """
     index = torch.arange(features)
     if kind == "halves":
         mask = index < (features + 1) // 2
     elif kind == "alternating":
         mask = index % 2 == 0
+    elif kind == "binary":
+        bits = max(1, math.ceil(math.log2(features)))
+        mask = (index >> ((layer // 2) % bits)) & 1 == 0
     else:
-        raise ValueError(f"mask must be 'halves' or 'alternating', got {kind!r}")
+        raise ValueError(f"mask must be 'halves', 'alternating' or 'binary', got {kind!r}")
     return ~mask if flip else mask
 
 
