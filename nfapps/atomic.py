@@ -6,7 +6,7 @@ A container is, byte by byte (integers little-endian)::
     offset  size  field
     0       7     magic  b"NFAPPS\\0"
     7       1     format version (currently 1)
-    8       16    kind, ASCII, NUL-padded ("flow", "checkpoint")
+    8       16    kind, ASCII, NUL-padded ("flow", "checkpoint", "integrator")
     24      8     payload length n (unsigned)
     32      32    SHA-256 of the payload
     64      n     payload: torch.save of a dict of plain types (None, bool, int, float, str,
@@ -40,6 +40,7 @@ HEADER_SIZE = _HEADER.size  # 64
 KINDS: dict[str, str] = {
     "flow": "a saved flow (written by nfapps.save, read by nfapps.load)",
     "checkpoint": "a training checkpoint (written and resumed by nfapps.fit(..., checkpoint=path))",
+    "integrator": "an integration run's state (written and resumed by Integrator.save / Integrator.restore)",
 }
 
 _SCALARS = (type(None), bool, int, float, str)

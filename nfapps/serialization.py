@@ -31,6 +31,11 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
     The flow must come from a registered builder (``nfapps.builders.*`` or a function decorated
     with :func:`nfapps.register_builder`), because that is what :func:`load` calls to rebuild it.
     """
+    dump(flow_payload(flow), path, "flow")
+
+
+def flow_payload(flow: Flow) -> dict:
+    """What :func:`save` stores of a flow, as a plain dict (for files that embed a flow)."""
     from . import __version__  # here, not at import time: nfapps/__init__ imports this module
 
     config = getattr(flow, "config", None)
@@ -49,12 +54,16 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
         "nfapps_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    dump(payload, path, "flow")
+    return payload
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
     """Rebuild the flow saved at ``path`` with its builder, load its weights, and move it to ``device``."""
-    payload = load_container(path, "flow")
+    return flow_from_payload(load_container(path, "flow"), path, device)
+
+
+def flow_from_payload(payload: dict, path: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
+    """Rebuild a flow from :func:`flow_payload`'s dict; ``path`` names the file in error messages."""
     try:
         config, state, dtype_name = payload["config"], payload["state_dict"], payload["dtype"]
         name, kwargs = config["builder"], config["kwargs"]
@@ -90,4 +99,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
     return flow.to(resolve_device(device))
 
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "flow_payload", "flow_from_payload"]

@@ -143,3 +143,22 @@ def test_box_bounds_and_signed_integrands():
     r = integrate(lambda x: x[:, 0], 1, bounds=[(-1, 2)], calls=20_000, training_fraction=0.3, batch=1000,
                   seed=0, progress=False, exact=1.5)
     assert abs(r.pull) < 4 and r.error < 0.05
+
+
+def test_save_and_restore_continue_bit_identically(tmp_path):
+    straight = Integrator(gaussian, 2, seed=3, transforms=2, hidden=(16,))
+    straight.train(4096, batch=1024, reuse=2, lr=3e-3, progress=False)
+
+    first = Integrator(gaussian, 2, seed=3, transforms=2, hidden=(16,))
+    first.train(2048, batch=1024, reuse=2, lr=3e-3, progress=False)
+    first.save(tmp_path / "state.nfapps")
+    resumed = Integrator(gaussian, 2, seed=3, transforms=2, hidden=(16,)).restore(tmp_path / "state.nfapps")
+    resumed.train(2048, batch=1024, reuse=2, lr=3e-3, progress=False)
+
+    for a, b in zip(straight.flow.state_dict().values(), resumed.flow.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.calls_training == straight.calls_training == 4096
+    r1, r2 = straight.integrate(5000, progress=False), resumed.integrate(5000, progress=False)
+    assert r1.value == r2.value and r1.error == r2.error
+    with pytest.raises(ValueError, match="another run"):
+        Integrator(gaussian, 2, seed=4).restore(tmp_path / "state.nfapps")

@@ -20,6 +20,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import dump, load_container
 from ..builders import NSF
 from ..device import resolve_device
 from ..flow import Flow
+from ..serialization import flow_from_payload, flow_payload
 from .estimate import (
     Tally,
     bootstrap_unweighting_efficiency,
@@ -121,6 +124,7 @@ class Integrator:
         self.flow = flow.to(self.device)
         self.flow.validate = False  # the points come from the flow itself
         self.optimizer: torch.optim.Optimizer | None = None
+        self._lr = 1e-3
         self.batches_drawn = 0
         self.calls_training = 0
         self.time_training = 0.0
@@ -162,6 +166,7 @@ class Integrator:
         if calls < 0 or batch < 1 or reuse < 1:
             raise ValueError(f"need calls ≥ 0, batch ≥ 1 and reuse ≥ 1; got calls={calls}, batch={batch}, reuse={reuse}")
         if self.optimizer is None:
+            self._lr = lr
             self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=lr)
         steps = calls // batch
         started = time.perf_counter()
@@ -187,6 +192,48 @@ class Integrator:
         self.time_training += time.perf_counter() - started
         self.flow.eval()
         return self.history
+
+    # -- state -----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the run's state (sampler, optimizer, counters, history) atomically to ``path``."""
+        dump(
+            {
+                "dim": self.dim,
+                "bounds": torch.stack([self.integrand.low, self.integrand.low + self.integrand.width], dim=1),
+                "seed": self.seed,
+                "flow": flow_payload(self.flow),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "lr": self._lr,
+                "batches_drawn": self.batches_drawn,
+                "calls_training": self.calls_training,
+                "time_training": self.time_training,
+                "history": self.history,
+            },
+            path,
+            "integrator",
+        )
+
+    def restore(self, path: str | Path) -> "Integrator":
+        """Continue from a state written by :meth:`save` for the same integral (dim, bounds, seed)."""
+        state = load_container(path, "integrator")
+        bounds = torch.stack([self.integrand.low, self.integrand.low + self.integrand.width], dim=1)
+        if state["dim"] != self.dim or not torch.allclose(state["bounds"], bounds) or state["seed"] != self.seed:
+            raise ValueError(
+                f"{path} is the state of another run (dim {state['dim']}, seed {state['seed']}); "
+                f"this one has dim {self.dim}, seed {self.seed}: use a fresh run directory or the same settings"
+            )
+        self.flow = flow_from_payload(state["flow"], path, self.device)
+        self.flow.validate = False
+        self._lr = state["lr"]
+        self.optimizer = None
+        if state["optimizer"] is not None:
+            self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=self._lr)
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.batches_drawn = state["batches_drawn"]
+        self.calls_training = state["calls_training"]
+        self.time_training = state["time_training"]
+        self.history = list(state["history"])
+        return self
 
     # -- estimate --------------------------------------------------------------------------------
     def integrate(self, calls: int, batch: int = 65536, progress: bool = True, exact: float | None = None,
