@@ -1,4 +1,4 @@
-"""The few torch.distributed helpers training needs when a script is launched with torchrun.
+"""The few torch.distributed helpers training and integration need when a script is launched with torchrun.
 
 ``torchrun --nproc_per_node=N script.py`` starts N copies of the script with ``WORLD_SIZE``,
 ``RANK`` and ``LOCAL_RANK`` in their environment. :func:`init` joins them into one process group
@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -79,6 +80,28 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(value: float) -> float:
+    """The largest of ``value`` over all processes."""
+    if world_size() > 1:
+        t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+    return value
+
+
+def all_gather_array(array: np.ndarray) -> np.ndarray:
+    """Every process's 1-D ``array``, concatenated in rank order (on every process)."""
+    if world_size() == 1:
+        return array
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, np.asarray(array))
+    return np.concatenate(parts)
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def barrier() -> None:
     """Wait until every process gets here."""
     if world_size() > 1:
@@ -88,4 +111,4 @@ def barrier() -> None:
             dist.barrier()
 
 
-__all__ = ["launched", "init", "rank", "world_size", "is_main", "all_reduce_sum", "barrier"]
+__all__ = ["launched", "init", "rank", "world_size", "is_main", "all_reduce_sum", "all_reduce_max", "all_gather_array", "barrier"]

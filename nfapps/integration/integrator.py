@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..atomic import dump, load_container
 from ..builders import NSF
 from ..device import resolve_device
@@ -98,6 +99,9 @@ class Integrator:
             flow with binary masks (every dimension conditions every other).
         pre_map: bins of a learnable per-dimension histogram map (a VEGAS-like grid) in front of
             the couplings, which captures separable structure cheaply; 0 for none.
+        rank, world_size: this process's share of the work; by default from torchrun
+            (torch.distributed), where every rank draws its own points, training is data-parallel
+            (DDP) and tallies are summed over ranks. Batch and call counts are global.
     """
 
     def __init__(
@@ -114,10 +118,14 @@ class Integrator:
         transforms: int | None = None,
         hidden: Sequence[int] = (64, 64),
         pre_map: int = 32,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         self.integrand = UnitCubeIntegrand(f, dim, bounds, backend)
         self.dim = self.integrand.dim
-        self.device = resolve_device(device)
+        self.device = dist.init(resolve_device(device))
+        self.rank = dist.rank() if rank is None else int(rank)
+        self.world_size = dist.world_size() if world_size is None else int(world_size)
         self.seed = int(seed)
         if flow is None:
             torch.manual_seed(self.seed)
@@ -127,6 +135,7 @@ class Integrator:
         if flow.event_shape != (self.dim,):
             raise ValueError(f"the flow models shape {flow.event_shape}, but the integrand has dim {self.dim}")
         self.flow = flow.to(self.device)
+        self._model: torch.nn.Module | None = None  # the flow, wrapped in DDP when data-parallel
         self.flow.validate = False  # the points come from the flow itself
         self.optimizer: torch.optim.Optimizer | None = None
         self._lr = 1e-3
@@ -137,8 +146,9 @@ class Integrator:
 
     # -- sampling --------------------------------------------------------------------------------
     def _generator(self, stream: int, counter: int) -> torch.Generator:
+        key = [self.seed, stream, self.rank, counter]  # counter-based: independent of the order of work
         g = torch.Generator(self.device)
-        g.manual_seed(int(np.random.SeedSequence([self.seed, stream, counter]).generate_state(1, np.uint64)[0] >> 1))
+        g.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
         return g
 
     def draw(self, n: int, stream: int = 0, counter: int | None = None) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
@@ -153,6 +163,18 @@ class Integrator:
         t2 = time.perf_counter()
         w = g * torch.exp(-log_q.to(torch.float64))
         return u, log_q, w, {"sampler": t1 - t0, "integrand": t2 - t1}
+
+    def _share(self, total: int) -> int:
+        """This rank's part of a global count: ⌊total/W⌋, plus one for the first total mod W ranks."""
+        return total // self.world_size + (self.rank < total % self.world_size)
+
+    def _data_parallel(self) -> torch.nn.Module:
+        if self.world_size == 1:
+            return self.flow
+        if self._model is None or self._model.module is not self.flow:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._model = torch.nn.parallel.DistributedDataParallel(self.flow, device_ids=device_ids)
+        return self._model
 
     # -- training --------------------------------------------------------------------------------
     def train(
@@ -187,11 +209,12 @@ class Integrator:
                 done = min((self.calls_training + step * batch) / schedule_calls, 1.0)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
-            u, log_q_old, w, _ = self.draw(batch)
-            scale = w.abs().mean().clamp_min(1e-300)
+            u, log_q_old, w, _ = self.draw(self._share(batch))
+            totals = dist.all_reduce_sum(torch.stack([w.abs().sum(), torch.tensor(float(w.numel()), dtype=w.dtype, device=w.device)]))
+            scale = (totals[0] / totals[1]).clamp_min(1e-300)
             w = (w / scale).to(log_q_old.dtype)  # scale-free weights: the loss does not depend on |I|
             for _ in range(reuse):
-                log_q = self.flow.log_prob(u)
+                log_q = self._data_parallel()(u)  # log q(u), gradients averaged over ranks
                 if loss == "variance":
                     coefficient = w.square() * torch.exp(log_q_old - log_q.detach())
                 else:
@@ -259,8 +282,8 @@ class Integrator:
         tally, weights = Tally(), []
         timings = {"sampler": 0.0, "integrand": 0.0}
         self.flow.eval()
-        remaining = calls
-        with tqdm(total=calls, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
+        remaining = self._share(calls)
+        with tqdm(total=remaining, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
             counter = 0
             while remaining > 0:
                 n = min(batch, remaining)
@@ -273,7 +296,8 @@ class Integrator:
                     timings[key] += spent[key]
                 remaining -= n
                 bar.update(n)
-        all_w = np.concatenate(weights)
+        tally = _all_reduce(tally)
+        all_w = dist.all_gather_array(np.concatenate(weights))
         return IntegrationResult(
             value=tally.mean, error=tally.error, relative_std=tally.relative_std,
             effective_sample_size=tally.effective_sample_size,
@@ -285,6 +309,12 @@ class Integrator:
             time_integrand_s=timings["integrand"], time_sampler_s=timings["sampler"], time_training_s=self.time_training,
             peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device), tally=tally.to_dict(), exact=exact,
         )
+
+
+def _all_reduce(tally: Tally) -> Tally:
+    """The tally of all ranks' weights: (n, Σw, Σw², Σ|w|) summed, max|w| maximised."""
+    n, sum_w, sum_w2, sum_abs_w = dist.all_reduce_sum(tally.to_tensor()).tolist()
+    return Tally(int(n), sum_w, sum_w2, sum_abs_w, dist.all_reduce_max(tally.max_abs_w))
 
 
 def integrate(

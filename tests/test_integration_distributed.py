@@ -1,0 +1,86 @@
+"""Integration under torchrun: ranks draw independent, counter-seeded points, train data-parallel,
+and their tallies combine into one estimate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed
+
+from nfapps.integration.estimate import Tally
+from nfapps.integration.integrator import Integrator
+
+SCRIPT = '''
+import json, sys
+import torch
+from nfapps.integration.integrator import Integrator
+import nfapps.distributed as dist
+
+torch.set_num_threads(1)
+
+def product(x):
+    return (2 * x).prod(dim=1)
+
+out, train_calls = sys.argv[1], int(sys.argv[2])
+integrator = Integrator(product, 3, seed=7, transforms=2, hidden=(16,), pre_map=0)
+if train_calls:
+    integrator.train(train_calls, batch=1024, reuse=2, progress=False)
+result = integrator.integrate(20_000, batch=4096, progress=False, exact=1.0)
+weights = [p.detach().sum().item() for p in integrator.flow.parameters()]
+if dist.is_main():
+    json.dump({**result.to_dict(), "world": integrator.world_size, "weights": weights}, open(out, "w"))
+'''
+
+
+def product(x):
+    return (2 * x).prod(dim=1)
+
+
+def _torchrun(tmp_path, train_calls):
+    script = tmp_path / "nis_script.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / f"result-{train_calls}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(out), str(train_calls)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="this torch build has no torch.distributed with the gloo backend",
+)
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    return _torchrun(tmp_path_factory.mktemp("untrained"), train_calls=0)
+
+
+def test_two_ranks_combine_their_tallies_exactly(untrained):
+    result = untrained
+    assert result["world"] == 2 and result["tally"]["n"] == 20_000
+    # The same two ranks' shares, computed one after the other in this process, give the same sums.
+    tallies = [
+        Integrator(product, 3, seed=7, transforms=2, hidden=(16,), pre_map=0, rank=r, world_size=2)
+        .integrate(20_000, batch=4096, progress=False).tally
+        for r in (0, 1)
+    ]
+    combined = Tally(**tallies[0]).merge(Tally(**tallies[1]))
+    assert combined.n == 20_000
+    assert result["value"] == pytest.approx(combined.mean, rel=1e-12)
+    assert result["error"] == pytest.approx(combined.error, rel=1e-9)
+    assert abs(result["pull"]) < 4
+
+
+def test_data_parallel_training_gives_an_honest_estimate(tmp_path, untrained):
+    result = _torchrun(tmp_path, train_calls=8192)
+    assert result["calls_training"] == 8192 and result["calls_estimate"] == 20_000
+    assert abs(result["pull"]) < 4
+    assert result["weights"] != untrained["weights"]  # the sampler did train
