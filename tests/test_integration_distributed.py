@@ -30,6 +30,9 @@ if train_calls:
     integrator.train(train_calls, batch=1024, reuse=2, progress=False)
 result = integrator.integrate(20_000, batch=4096, progress=False, exact=1.0)
 weights = [p.detach().sum().item() for p in integrator.flow.parameters()]
+everyone = [None, None]
+torch.distributed.all_gather_object(everyone, weights)
+assert everyone[0] == everyone[1], "the ranks' samplers diverged: gradients were not averaged"
 if dist.is_main():
     json.dump({**result.to_dict(), "world": integrator.world_size, "weights": weights}, open(out, "w"))
 '''
