@@ -1,0 +1,104 @@
+"""The NIS benchmark (applications/benchmarks/nis.py) runs end to end in its smoke mode."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "applications" / "benchmarks" / "nis.py"
+
+
+@pytest.fixture(scope="module")
+def nis():
+    spec = importlib.util.spec_from_file_location("nfapps_bench_nis", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_quick_run_writes_every_field_and_honest_estimates(nis, tmp_path):
+    result = nis.main(["--quick", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "nis.json").read_text())
+    assert (tmp_path / "nis.png").stat().st_size > 0
+    assert written["settings"]["calls"] == result["settings"]["calls"] == 20_000
+    methods = written["methods"]
+    assert methods[0] == "nfapps" and methods == (["nfapps", "vegas"] if written["environment"]["vegas"] else ["nfapps"])
+
+    rows = written["integrands"]
+    assert [r["integrand"] for r in rows] == list(nis.QUICK_INTEGRANDS)
+    for row in rows:
+        for method in methods:
+            record = row[method]
+            assert set(nis.RECORD_FIELDS) <= set(record), set(nis.RECORD_FIELDS) - set(record)
+            assert record["exact"] == row["exact"]
+            # the budget: every call counted, none beyond it
+            assert 0.9 * 20_000 <= record["calls_total"] <= 20_000
+            assert record["calls_estimate"] <= record["calls_total"] - record["calls_training"]
+            # an unbiased estimate with an honest error bar: within 5σ of the exact value
+            assert record["error"] > 0 and abs(record["value"] - row["exact"]) < 5 * record["error"], (row["integrand"], method)
+            assert math.isclose(record["pull"], (record["value"] - row["exact"]) / record["error"])
+            assert math.isclose(record["relative_std"] / math.sqrt(record["calls_estimate"]),
+                                record["error"] / abs(record["value"]), rel_tol=1e-6)
+            for key in nis.EFFICIENCIES:
+                assert 0 < record[key] <= 1
+        if "vegas" in methods:
+            assert row["vegas"]["replay_ok"]  # the weights are those of vegas's own estimate
+            assert math.isclose(row["variance_ratio"], (row["vegas"]["relative_std"] / row["nfapps"]["relative_std"]) ** 2)
+            assert set(row["efficiency_ratio"]) == set(nis.EFFICIENCIES)
+
+    assert [c["dim"] for c in written["sampler_cost"]] == [2, 4]
+    assert all(c["us_per_point"] > 0 for c in written["sampler_cost"])
+    targets = written["targets"]["rows"]
+    assert {t["passed"] for t in targets} <= {True, False, None}
+    assert any(t["target"].startswith("sampler") and t["passed"] is not None for t in targets)
+    assert all(t["passed"] is None for t in targets if t["target"].startswith("pulls"))  # no --pulls: not measured
+    assert "rsd/event" in written["table"] and written["pulls"] is None
+
+
+def test_pulls_mode_summarises_every_seed(nis, tmp_path):
+    result = nis.main(["--quick", "--pulls", "3", "--integrands", "gaussian-2", "--no-plot", "--out", str(tmp_path)])
+    assert not (tmp_path / "nis.png").exists()
+    assert len(result["runs"]) == 3 and {r["seed"] for r in result["runs"]} == {0, 1, 2}
+    for method in result["methods"]:
+        pooled = result["pulls"][method]["pooled"]
+        assert pooled["n"] == 3
+        assert set(pooled) == {"n", "mean", "std", "coverage_1sigma", "coverage_2sigma", "max_abs"}
+        pulls = [r[method]["pull"] for r in result["runs"]]
+        assert math.isclose(pooled["mean"], sum(pulls) / 3)
+        assert pooled["coverage_1sigma"] == sum(abs(p) < 1 for p in pulls) / 3
+    # fewer than 100 seeds: the pull targets are reported but not judged
+    assert all(t["passed"] is None for t in result["targets"]["rows"] if t["target"].startswith("pulls"))
+
+
+def test_no_vegas_runs_nfapps_alone(nis, tmp_path):
+    result = nis.main(["--quick", "--no-vegas", "--integrands", "camel-2", "--no-plot", "--out", str(tmp_path)])
+    assert result["methods"] == ["nfapps"] and "vegas" not in result["integrands"][0]
+    assert all(t["passed"] is None for t in result["targets"]["rows"] if "VEGAS" in t["target"])
+
+
+def test_targets_judge_the_issue_thresholds(nis):
+    def row(name, rsd_n, rsd_v, eff_ratio=3.0):
+        f = nis.INTEGRANDS[name]
+        return {"integrand": name, "dim": f.dim, "group": nis.group(f),
+                "nfapps": {"relative_std": rsd_n}, "vegas": {"relative_std": rsd_v},
+                "variance_ratio": (rsd_v / rsd_n) ** 2, "efficiency_ratio": dict.fromkeys(nis.EFFICIENCIES, eff_ratio)}
+
+    rows = [row("camel-8", 0.25, 1.7), row("gaussian-4", 0.5, 0.2), row("circles", 0.1, 0.2, eff_ratio=1.5)]
+    pulls = {"nfapps": {"pooled": {"n": 1000, "mean": 0.02, "std": 1.0, "coverage_1sigma": 0.69,
+                                   "coverage_2sigma": 0.95, "max_abs": 3.9}}}
+    out = nis.check_targets(rows, pulls, 100, [{"dim": 16, "batch": 65536, "us_per_point": 6.0}])
+    verdict = {(t["target"].split(" (")[0], t["integrand"]): t["passed"] for t in out["rows"]}
+    assert verdict[("relative std per event", "camel-8")] is True
+    assert verdict[("variance ratio VEGAS/nfapps", "camel-8")] is True  # (1.7/0.25)² = 46 ≥ 10
+    assert verdict[("relative std per event", "circles")] is False  # 0.1 > 0.07
+    assert verdict[("relative std / VEGAS's", "gaussian-4")] is False  # 2.5× VEGAS's
+    assert verdict[("unweighting eff. / VEGAS's", "camel-8")] is True
+    assert verdict[("unweighting eff. / VEGAS's", "circles")] is False
+    assert verdict[("relative std per event", "camel-4")] is None  # not run
+    assert all(t["passed"] for t in out["rows"] if t["target"].startswith("pulls"))
+    assert verdict[("sampler µs/point", "d=16")] is False
