@@ -274,7 +274,7 @@ class Integrator:
         return self
 
     # -- estimate --------------------------------------------------------------------------------
-    def integrate(self, calls: int, batch: int = 65536, progress: bool = True, exact: float | None = None,
+    def integrate(self, calls: int, batch: int = 8192, progress: bool = True, exact: float | None = None,
                   replica_size: int = 10_000) -> IntegrationResult:
         """Estimate the integral from ``calls`` fresh samples of the frozen sampler."""
         if calls < 2:
@@ -332,13 +332,17 @@ def integrate(
     seed: int = 0,
     progress: bool = True,
     exact: float | None = None,
+    estimate_batch: int = 8192,
+    replica_size: int = 10_000,
     **sampler: Any,
 ) -> IntegrationResult:
     """∫_box f(x) dx by neural importance sampling with ``calls`` integrand evaluations in all:
-    ``training_fraction`` of them train the sampler, the rest feed the estimate."""
+    ``training_fraction`` of them train the sampler, the rest feed the estimate (drawn
+    ``estimate_batch`` at a time; ``replica_size`` is the bootstrap unweighting efficiency's)."""
     if not 0 <= training_fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
     integrator = Integrator(f, dim, bounds, device=device, seed=seed, **sampler)
     train_calls = int(calls * training_fraction)
     integrator.train(train_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=train_calls)
-    return integrator.integrate(calls - integrator.calls_training, progress=progress, exact=exact)
+    return integrator.integrate(calls - integrator.calls_training, batch=estimate_batch, progress=progress, exact=exact,
+                                replica_size=replica_size)
