@@ -56,6 +56,131 @@ def _add_toy(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _one_line(err: BaseException) -> ValueError:
+    """The error as a ValueError whose message fits on one line (user integrands may raise anything)."""
+    return ValueError(" ".join(str(err).split("\n")))
+
+
+def _add_integrate(commands: argparse._SubParsersAction) -> None:
+    from .integration.job import DEFAULTS
+
+    p = commands.add_parser(
+        "integrate",
+        parents=[_common_options()],
+        help="integrate a function by neural importance sampling; write the result, the sampler and plots",
+        description="Train a flow sampler for the integrand, estimate the integral from fresh samples and "
+        "write a run directory (--out): result.json, sampler.nfapps, history.csv, training.png, weights.png "
+        "and, with --events, events.h5. An interrupted run continues with --resume and ends exactly as an "
+        "uninterrupted one would. Without arguments: camel-4 with 200k calls, seconds of training.",
+        epilog="examples: nfapps integrate camel-4 --calls 1000000 --out runs/camel4 --seed 0 --device auto; "
+        "nfapps integrate mymod.py:f --dim 3 --bounds 0 1 0 2 -1 1; nfapps integrate --list",
+    )
+    p.add_argument("integrand", nargs="?", default=None,
+                   help=f"a built-in name (see --list), module:function or path/to/file.py:function; the function "
+                   f"maps points (n, dim) (torch or NumPy) to values (n,) (default: {DEFAULTS['integrand']})")
+    p.add_argument("--list", action="store_true", help="list the built-in integrands with their dimensions and exact values")
+    p.add_argument("--dim", type=int, help="dimension of a user integrand (built-ins know theirs)")
+    p.add_argument("--bounds", type=float, nargs="+", metavar="X",
+                   help="the box: low high per dimension (2·dim numbers), or one low high for all (default: [0, 1]^dim)")
+    p.add_argument("--calls", type=int, help=f"integrand calls in all (default: {DEFAULTS['calls']:,})")
+    p.add_argument("--training-fraction", type=float,
+                   help=f"fraction of the calls spent training the sampler (default: {DEFAULTS['training_fraction']})")
+    p.add_argument("--batch", type=int, help=f"training batch (default: {DEFAULTS['batch']})")
+    p.add_argument("--loss", choices=("variance", "kl"), help=f"training loss (default: {DEFAULTS['loss']})")
+    p.add_argument("--reuse", type=int, help=f"gradient steps per training batch (default: {DEFAULTS['reuse']})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default: {DEFAULTS['lr']})")
+    p.add_argument("--bins", type=int, help=f"spline bins of the sampler (default: {DEFAULTS['bins']})")
+    p.add_argument("--transforms", type=int, help="coupling layers of the sampler (default: 2⌈log2 dim⌉, at least 2)")
+    p.add_argument("--hidden", type=int, nargs="+", metavar="H",
+                   help=f"hidden layer widths (default: {' '.join(map(str, DEFAULTS['hidden']))})")
+    p.add_argument("--pre-map", type=int, help=f"bins of the sampler's VEGAS-like pre-map, 0 for none (default: {DEFAULTS['pre_map']})")
+    p.add_argument("--events", type=int, help="also write this many events to events.h5 (default: none)")
+    p.add_argument("--weighted", action="store_true", default=None, help="weighted instead of unweighted events")
+    p.add_argument("--seed", type=int, help="seed of the sampler and every batch (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run directory (default: runs/<integrand>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (settings not given are taken from it); a finished run is reported")
+
+    def run(args: argparse.Namespace) -> int:
+        from .integration import INTEGRANDS
+        from .integration.job import run_integration
+
+        if args.list:
+            print(f"{'name':<14} {'dim':>4} {'exact':>22}  description")
+            for name, f in INTEGRANDS.items():
+                print(f"{name:<14} {f.dim:>4} {f.exact:>22.15g}  {f.description}")
+            return 0
+        name = args.integrand or DEFAULTS["integrand"]
+        out = args.out or f"runs/{name.rsplit(':', 1)[-1] if ':' in name else name}"
+        try:
+            result = run_integration(
+                args.integrand, dim=args.dim, bounds=args.bounds, calls=args.calls,
+                training_fraction=args.training_fraction, batch=args.batch, loss=args.loss, reuse=args.reuse,
+                lr=args.lr, seed=args.seed, device=args.device, out=out, resume=args.resume, events=args.events,
+                unweighted=None if args.weighted is None else not args.weighted, progress=not args.quiet,
+                bins=args.bins, transforms=args.transforms, hidden=args.hidden, pre_map=args.pre_map,
+            )
+        except ValueError as err:
+            raise _one_line(err) from err
+        except KeyboardInterrupt:
+            print(f"nfapps: interrupted; continue with: nfapps integrate --resume --out {out}", file=sys.stderr)
+            return 130
+        r = result["result"]
+        keys = ("value", "error", "relative_std", "effective_sample_size", "unweighting_efficiency",
+                "unweighting_efficiency_bootstrap", "bootstrap_replica_size", "unweighting_efficiency_truncated",
+                "calls_training", "calls_estimate", "time_integrand_s", "time_sampler_s", "time_training_s",
+                "peak_memory_mb", "device")
+        summary = {"integrand": result["integrand"], "exact": result["exact"], "pull": result["pull"],
+                   **{k: r[k] for k in keys}, "out": out}
+        print(json.dumps(summary, indent=2))
+        return 0
+
+    p.set_defaults(run=run)
+
+
+def _add_events(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "events",
+        parents=[_common_options()],
+        help="generate unweighted (or weighted) events from a trained sampler into HDF5",
+        description="Draw events from a saved sampler (a run's sampler.nfapps) and write their points x and "
+        "weights to an HDF5 file. Unweighted: accepted with probability min(|w|/w_max, 1) against the cap "
+        "w_max that leaves a fraction 1e-3 of the weight above it; sum(weight)/n estimates the integral "
+        "without bias. The integrand and its box default to those the sampler was trained for.",
+        epilog="example: nfapps events --sampler runs/camel-4/sampler.nfapps --integrand camel-4 -n 10000 --out events.h5",
+    )
+    p.add_argument("--sampler", required=True, help="a trained sampler (sampler.nfapps of an integrate run)")
+    p.add_argument("--integrand", help="built-in name, module:function or file.py:function (default: the sampler's)")
+    p.add_argument("--dim", type=int, help="dimension of a user integrand (default: the sampler's)")
+    p.add_argument("--bounds", type=float, nargs="+", metavar="X", help="the box, as for integrate (default: the sampler's)")
+    p.add_argument("-n", "--events", type=int, default=10_000,
+                   help="events (weighted: exactly; unweighted: about, see the description) (default: 10000)")
+    p.add_argument("--weighted", action="store_true", help="weighted events: every point, with its weight")
+    p.add_argument("--calibration", type=int, help="points that fix the unweighting cap (default: n within [10⁴, 10⁵])")
+    p.add_argument("--out", default="events.h5", help="output HDF5 file (default: events.h5)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+    def run(args: argparse.Namespace) -> int:
+        from .integration.events import generate_events
+
+        try:
+            attrs = generate_events(
+                args.sampler, args.integrand, args.events, args.out, unweighted=not args.weighted, seed=args.seed,
+                dim=args.dim, bounds=args.bounds, calibration=args.calibration, device=args.device,
+                overwrite=args.force, progress=not args.quiet,
+            )
+        except ValueError as err:
+            raise _one_line(err) from err
+        keys = ("mode", "n_events", "n_tried", "integral", "integral_error", "w_max", "overweight_events", "integrand")
+        print(json.dumps({**{k: attrs[k] for k in keys}, "out": args.out}, indent=2))
+        return 0
+
+    p.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nfapps",
@@ -67,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(title="commands", metavar="<command>")
     _add_toy(commands)
+    _add_integrate(commands)
+    _add_events(commands)
     return parser
 
 
