@@ -258,4 +258,5 @@ def test_a_job_computes_exactly_what_integrate_does(tmp_path):
     assert job["result"]["calls_training"] == direct.calls_training
     # ... and its defaults are integrate()'s.
     parameters = inspect.signature(integrate).parameters
-    assert all(DEFAULTS[k] == parameters[k].default for k in ("batch", "reuse", "lr", "loss", "training_fraction"))
+    assert all(DEFAULTS[k] == parameters[k].default
+               for k in ("batch", "reuse", "lr", "loss", "training_fraction", "estimate_batch", "replica_size"))

@@ -60,7 +60,8 @@ def _library_defaults() -> dict[str, Any]:
     a job with default settings computes exactly what ``integrate(f, dim, calls=…)`` does."""
     run = inspect.signature(integrate).parameters
     sampler = inspect.signature(Integrator).parameters
-    defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr")}
+    defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
+                                                   "replica_size")}
     defaults.update({key: sampler[key].default for key in ("bins", "transforms", "pre_map")})
     defaults["hidden"] = list(sampler["hidden"].default)
     return defaults
@@ -335,7 +336,7 @@ def _plot_weights(path: Path, histogram: _WeightHistogram, result: dict[str, Any
 # -- the job ---------------------------------------------------------------------------------------
 
 
-def _estimate(integrator: Integrator, calls: int, exact: float | None, progress: bool):
+def _estimate(integrator: Integrator, calls: int, exact: float | None, progress: bool, batch: int, replica_size: int):
     """Integrator.integrate, with a histogram of the weights it draws for the weight plot."""
     histogram = _WeightHistogram()
     draw = integrator.draw
@@ -347,7 +348,7 @@ def _estimate(integrator: Integrator, calls: int, exact: float | None, progress:
 
     integrator.draw = recording_draw  # instance attribute: shadows the method during the estimate only
     try:
-        result = integrator.integrate(calls, progress=progress, exact=exact)
+        result = integrator.integrate(calls, batch=batch, progress=progress, exact=exact, replica_size=replica_size)
     finally:
         del integrator.draw
     return result, histogram
@@ -385,6 +386,8 @@ def run_integration(
     transforms: int | None = None,
     hidden: Sequence[int] | None = None,
     pre_map: int | None = None,
+    estimate_batch: int | None = None,
+    replica_size: int | None = None,
     chunks: int | None = None,
     on_chunk: Callable[[int, Integrator], None] | None = None,
 ) -> dict[str, Any]:
@@ -410,7 +413,8 @@ def run_integration(
     given = {
         "integrand": integrand, "dim": dim, "bounds": bounds, "calls": calls, "training_fraction": training_fraction,
         "batch": batch, "loss": loss, "reuse": reuse, "lr": lr, "seed": seed, "bins": bins, "transforms": transforms,
-        "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "chunks": chunks, "events": events,
+        "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "estimate_batch": estimate_batch,
+        "replica_size": replica_size, "chunks": chunks, "events": events,
         "unweighted": unweighted,
     }
     if out.exists() and not out.is_dir():
@@ -450,7 +454,8 @@ def run_integration(
     calls, batch, chunks = settings["calls"], settings["batch"], settings["chunks"]
     fraction, reuse, lr, loss = settings["training_fraction"], settings["reuse"], settings["lr"], settings["loss"]
     for name, value, low in (("calls", calls, 2), ("batch", batch, 1), ("reuse", reuse, 1), ("chunks", chunks, 1),
-                             ("events", settings["events"], 0), ("seed", settings["seed"], 0)):
+                             ("events", settings["events"], 0), ("seed", settings["seed"], 0),
+                             ("estimate_batch", settings["estimate_batch"], 1), ("replica_size", settings["replica_size"], 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
     if not 0 <= fraction < 1:
@@ -509,7 +514,8 @@ def run_integration(
                 on_chunk(k, integrator)
 
     # -- estimate from fresh samples
-    result, histogram = _estimate(integrator, calls_estimate, resolved.exact, progress)
+    result, histogram = _estimate(integrator, calls_estimate, resolved.exact, progress, settings["estimate_batch"],
+                                  settings["replica_size"])
     record = _finite(result.to_dict())
     title = f"{resolved.spec}, d = {resolved.dim}"
     _write_sampler(out / SAMPLER_FILE, integrator, resolved, record)
