@@ -16,6 +16,7 @@ from .device import resolve_device
 from .distributions import BoxUniform, StandardNormal
 from .flow import Flow
 from .glow import Glow
+from .integration import integrate
 from .registry import register_builder
 from .serialization import load, save
 from .training import History, fit
@@ -24,5 +25,5 @@ from .transforms.base import Compose, Inverse, Transform
 __all__ = [
     "Flow", "Transform", "Compose", "Inverse", "StandardNormal", "BoxUniform",
     "RealNVP", "NSF", "MAF", "Glow", "register_builder",
-    "fit", "History", "save", "load", "FlowFileError", "resolve_device",
+    "fit", "History", "save", "load", "FlowFileError", "resolve_device", "integrate",
 ]
