@@ -41,7 +41,7 @@ or ``restratify`` to study VEGAS+'s own error bars.
 
 The sampler cost is the time of ``flow.sample_and_log_prob`` per point for the default
 sampler at d = 2, 4, 8, 16 on the CPU (no gradient; best of ``--repeats`` calls after a
-warm-up), at the estimate's batch (65536) and the training batch (4096).
+warm-up), at integrate()'s estimate batch and training batch.
 
 ``--pulls K`` repeats everything over seeds seed, …, seed + K − 1 and summarises the pulls of
 each method per integrand and pooled over integrands: mean, std, 1σ and 2σ coverage, max |pull|.
@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -94,6 +95,8 @@ from nfapps.integration.estimate import (  # noqa: E402
 )
 from nfapps.integration.integrator import Integrator, integrate  # noqa: E402
 
+NFAPPS_DEFAULTS = {k: v.default for k, v in inspect.signature(integrate).parameters.items()}  # one source of defaults
+
 log = logging.getLogger("nfapps.bench.nis")
 
 METHODS = ("nfapps", "vegas")
@@ -115,7 +118,8 @@ EFFICIENCY_RATIO_MIN = 2.0
 PULL_MIN_SEEDS = 100
 PULL_MEAN_MAX, PULL_STD_RANGE, PULL_COVERAGE_RANGE, PULL_MAX = 0.1, (0.9, 1.1), (0.63, 0.73), 5.0
 #: Sampler cost on the CPU, sample + density, per point.
-SAMPLER_COST_MAX_US, SAMPLER_DIMS, SAMPLER_BATCHES = 5.0, (2, 4, 8, 16), (65536, 4096)
+SAMPLER_COST_MAX_US, SAMPLER_DIMS = 5.0, (2, 4, 8, 16)
+SAMPLER_BATCHES = (NFAPPS_DEFAULTS["estimate_batch"], NFAPPS_DEFAULTS["batch"])  # estimate and training batches
 
 #: Fields every method's record carries (the test checks them).
 RECORD_FIELDS = (
@@ -131,10 +135,10 @@ EFFICIENCIES = ("unweighting_efficiency", "unweighting_efficiency_bootstrap", "u
 class Settings:
     calls: int = 1_000_000
     training_fraction: float = 0.5
-    batch: int = 4096  # nfapps training batch
-    loss: str = "variance"
-    reuse: int = 1
-    lr: float = 1e-3
+    batch: int = NFAPPS_DEFAULTS["batch"]  # nfapps training batch
+    loss: str = NFAPPS_DEFAULTS["loss"]
+    reuse: int = NFAPPS_DEFAULTS["reuse"]
+    lr: float = NFAPPS_DEFAULTS["lr"]
     vegas_iterations: int = 10
     vegas_final: str = "best"
     replica_size: int = 10_000  # Integrator.integrate's default, which integrate() does not expose
@@ -491,10 +495,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pulls", type=int, default=0, metavar="K", help="repeat over K seeds and summarise the pulls")
     p.add_argument("--device", default="auto", help="nfapps device: auto, cpu or cuda (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--batch", type=int, default=4096, help="nfapps training batch (default 4096)")
-    p.add_argument("--loss", default="variance", choices=("variance", "kl"), help="nfapps training loss (default variance)")
-    p.add_argument("--reuse", type=int, default=1, help="nfapps gradient steps per training batch (default 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="nfapps learning rate (default 1e-3)")
+    d = NFAPPS_DEFAULTS
+    p.add_argument("--batch", type=int, default=d["batch"], help=f"nfapps training batch (default {d['batch']})")
+    p.add_argument("--loss", default=d["loss"], choices=("variance", "kl"), help=f"nfapps training loss (default {d['loss']})")
+    p.add_argument("--reuse", type=int, default=d["reuse"], help=f"nfapps gradient steps per training batch (default {d['reuse']})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"nfapps learning rate (default {d['lr']})")
     p.add_argument("--vegas-iterations", type=int, default=10, help="VEGAS+ adaptation iterations (default 10)")
     p.add_argument("--vegas-final", choices=("best", *VEGAS_FINALS), default="best",
                    help="VEGAS+ final iteration: keep the adapted strata, restratify, or the better of both (default)")
