@@ -136,6 +136,7 @@ class Integrator:
             raise ValueError(f"the flow models shape {flow.event_shape}, but the integrand has dim {self.dim}")
         self.flow = flow.to(self.device)
         self._model: torch.nn.Module | None = None  # the flow, wrapped in DDP when data-parallel
+        self.estimate_weights: np.ndarray | None = None
         self.flow.validate = False  # the points come from the flow itself
         self.optimizer: torch.optim.Optimizer | None = None
         self._lr = 1e-3
@@ -298,6 +299,7 @@ class Integrator:
                 bar.update(n)
         tally = _all_reduce(tally)
         all_w = dist.all_gather_array(np.concatenate(weights))
+        self.estimate_weights = all_w  # every rank's weights of this estimate, e.g. for a weight plot
         return IntegrationResult(
             value=tally.mean, error=tally.error, relative_std=tally.relative_std,
             effective_sample_size=tally.effective_sample_size,

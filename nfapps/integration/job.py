@@ -337,20 +337,10 @@ def _plot_weights(path: Path, histogram: _WeightHistogram, result: dict[str, Any
 
 
 def _estimate(integrator: Integrator, calls: int, exact: float | None, progress: bool, batch: int, replica_size: int):
-    """Integrator.integrate, with a histogram of the weights it draws for the weight plot."""
+    """Integrator.integrate, with a histogram of its weights for the weight plot."""
+    result = integrator.integrate(calls, batch=batch, progress=progress, exact=exact, replica_size=replica_size)
     histogram = _WeightHistogram()
-    draw = integrator.draw
-
-    def recording_draw(*args, **kwargs):
-        drawn = draw(*args, **kwargs)
-        histogram.add(drawn[2])
-        return drawn
-
-    integrator.draw = recording_draw  # instance attribute: shadows the method during the estimate only
-    try:
-        result = integrator.integrate(calls, batch=batch, progress=progress, exact=exact, replica_size=replica_size)
-    finally:
-        del integrator.draw
+    histogram.add(torch.as_tensor(integrator.estimate_weights))
     return result, histogram
 
 
