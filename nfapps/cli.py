@@ -15,6 +15,7 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars; warnings only")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     return common
 
 
@@ -39,7 +40,6 @@ def _add_toy(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
 
     def run(args: argparse.Namespace) -> int:
         from .toy_job import run_toy
@@ -100,7 +100,6 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=int, help="also write this many events to events.h5 (default: none)")
     p.add_argument("--weighted", action="store_true", default=None, help="weighted instead of unweighted events")
     p.add_argument("--seed", type=int, help="seed of the sampler and every batch (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--out", help="run directory (default: runs/<integrand>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (settings not given are taken from it); a finished run is reported")
@@ -165,7 +164,6 @@ def _add_events(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="events.h5", help="output HDF5 file (default: events.h5)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
 
     def run(args: argparse.Namespace) -> int:
         from .integration.events import generate_events

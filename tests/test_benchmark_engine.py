@@ -1,23 +1,19 @@
 """The engine benchmark (applications/benchmarks/engine.py) runs end to end in its smoke mode."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "applications" / "benchmarks" / "engine.py"
 
 
 @pytest.fixture(scope="module")
 def engine():
-    spec = importlib.util.spec_from_file_location("nfapps_bench_engine", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield import_script(SCRIPT, "nfapps_bench_engine")
+    sys.modules.pop("nfapps_bench_engine", None)
 
 
 def test_quick_run_writes_table_json_and_chart(engine, tmp_path):

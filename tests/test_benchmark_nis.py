@@ -1,24 +1,20 @@
 """The NIS benchmark (applications/benchmarks/nis.py) runs end to end in its smoke mode."""
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "applications" / "benchmarks" / "nis.py"
 
 
 @pytest.fixture(scope="module")
 def nis():
-    spec = importlib.util.spec_from_file_location("nfapps_bench_nis", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield import_script(SCRIPT, "nfapps_bench_nis")
+    sys.modules.pop("nfapps_bench_nis", None)
 
 
 def test_quick_run_writes_every_field_and_honest_estimates(nis, tmp_path):

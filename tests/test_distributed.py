@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch.distributed
+from conftest import import_script
 
 import nfapps.distributed as dist
 
@@ -67,13 +67,6 @@ if __name__ == "__main__":
 '''
 
 
-def load_script(path):
-    spec = importlib.util.spec_from_file_location("ddp_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
     reason="this torch build has no torch.distributed with the gloo backend",
@@ -88,7 +81,8 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-4000:]
 
-    module = load_script(script)
+    module = import_script(script, "ddp_script")
+    sys.modules.pop("ddp_script", None)
     for case in (module.vector, module.image):
         result = torch.load(tmp_path / f"{case.__name__}.pt", weights_only=True)
         assert result["world"] == 2
