@@ -54,8 +54,16 @@ def init(device: torch.device) -> torch.device:
 
 
 def _destroy() -> None:
+    """Leave the process group at exit, after every rank has got here.
+
+    Without the barrier a rank that finishes first tears its gloo connections down while a peer
+    still holds them open, and the peer can abort ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def rank() -> int:

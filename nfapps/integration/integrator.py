@@ -135,7 +135,6 @@ class Integrator:
         if flow.event_shape != (self.dim,):
             raise ValueError(f"the flow models shape {flow.event_shape}, but the integrand has dim {self.dim}")
         self.flow = flow.to(self.device)
-        self._model: torch.nn.Module | None = None  # the flow, wrapped in DDP when data-parallel
         self.estimate_weights: np.ndarray | None = None
         self.flow.validate = False  # the points come from the flow itself
         self.optimizer: torch.optim.Optimizer | None = None
@@ -170,12 +169,15 @@ class Integrator:
         return total // self.world_size + (self.rank < total % self.world_size)
 
     def _data_parallel(self) -> torch.nn.Module:
+        """The flow, wrapped in DDP when data-parallel.
+
+        The wrapper lives for one :meth:`train` call only: a DDP reducer that outlives the
+        process group (torn down at exit) can abort the process as the interpreter shuts down.
+        """
         if self.world_size == 1:
             return self.flow
-        if self._model is None or self._model.module is not self.flow:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self._model = torch.nn.parallel.DistributedDataParallel(self.flow, device_ids=device_ids)
-        return self._model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(self.flow, device_ids=device_ids)
 
     # -- training --------------------------------------------------------------------------------
     def train(
@@ -205,6 +207,7 @@ class Integrator:
         steps = calls // batch
         started = time.perf_counter()
         self.flow.train()
+        model = self._data_parallel()
         for step in tqdm(range(steps), desc="train sampler", unit="batch", disable=not progress):
             if schedule_calls:
                 done = min((self.calls_training + step * batch) / schedule_calls, 1.0)
@@ -215,7 +218,7 @@ class Integrator:
             scale = (totals[0] / totals[1]).clamp_min(1e-300)
             w = (w / scale).to(log_q_old.dtype)  # scale-free weights: the loss does not depend on |I|
             for _ in range(reuse):
-                log_q = self._data_parallel()(u)  # log q(u), gradients averaged over ranks
+                log_q = model(u)  # log q(u), gradients averaged over ranks
                 if loss == "variance":
                     coefficient = w.square() * torch.exp(log_q_old - log_q.detach())
                 else:
@@ -229,6 +232,7 @@ class Integrator:
             self.history.append({"batch": len(self.history), "relative_std": tally.relative_std, "calls": batch})
         self.calls_training += steps * batch
         self.time_training += time.perf_counter() - started
+        del model
         self.flow.eval()
         return self.history
 
