@@ -95,6 +95,8 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                    help=f"hidden layer widths (default: {' '.join(map(str, DEFAULTS['hidden']))})")
     p.add_argument("--pre-map", type=int, help=f"bins of the sampler's VEGAS-like pre-map, 0 for none (default: {DEFAULTS['pre_map']})")
     p.add_argument("--estimate-batch", type=int, help=f"points per batch of the estimate (default: {DEFAULTS['estimate_batch']})")
+    p.add_argument("--no-stratify", dest="stratify", action="store_false", default=None,
+                   help="estimate from independent draws instead of draws stratified in the sampler's base space")
     p.add_argument("--replica-size", type=int,
                    help=f"replica size of the bootstrap unweighting efficiency (default: {DEFAULTS['replica_size']:,})")
     p.add_argument("--events", type=int, help="also write this many events to events.h5 (default: none)")
@@ -122,7 +124,7 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                 lr=args.lr, seed=args.seed, device=args.device, out=out, resume=args.resume, events=args.events,
                 unweighted=None if args.weighted is None else not args.weighted, progress=not args.quiet,
                 bins=args.bins, transforms=args.transforms, hidden=args.hidden, pre_map=args.pre_map,
-                estimate_batch=args.estimate_batch, replica_size=args.replica_size,
+                estimate_batch=args.estimate_batch, replica_size=args.replica_size, stratify=args.stratify,
             )
         except ValueError as err:
             raise _one_line(err) from err

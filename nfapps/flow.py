@@ -68,7 +68,7 @@ class Flow(nn.Module):
 
     forward = log_prob
 
-    def _draw(self, n: int, context: Tensor | None, with_log_prob: bool, generator: torch.Generator | None):
+    def _draw(self, n: int, context: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         if int(n) < 1:
             raise ValueError(f"number of samples must be a positive integer, got {n}")
         n = int(n)
@@ -78,23 +78,28 @@ class Flow(nn.Module):
             rows = context.shape[0]
             context = context.repeat_interleave(n, dim=0)
         z = self.base.sample(rows * n, generator=generator)
-        x, inv_logabsdet = self.transform.inverse(z, context)
-        log_prob = self.base.log_prob(z) - inv_logabsdet if with_log_prob else None
+        x, log_prob = self.from_base(z, context)
         if context is not None:
             x = x.reshape(rows, n, *x.shape[1:])
-            log_prob = log_prob.reshape(rows, n) if log_prob is not None else None
+            log_prob = log_prob.reshape(rows, n)
         return x, log_prob
+
+    def from_base(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Given base points z (e.g. stratified or quasi-random ones), x = f⁻¹(z) and
+        log p_x(x) = log p_z(z) − log|det ∂f⁻¹/∂z|, in one inverse pass."""
+        x, inv_logabsdet = self.transform.inverse(z, context)
+        return x, self.base.log_prob(z) - inv_logabsdet
 
     def sample(self, n: int, context: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` samples: shape ``(n, *event_shape)``, or ``(rows, n, *event_shape)``
         with a context of ``rows`` rows (``n`` samples for each context row)."""
-        return self._draw(n, context, False, generator)[0]
+        return self._draw(n, context, generator)[0]
 
     def sample_and_log_prob(
         self, n: int, context: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log-densities in one inverse pass (no extra forward pass)."""
-        return self._draw(n, context, True, generator)
+        return self._draw(n, context, generator)
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}, context_features={self.context_features}"

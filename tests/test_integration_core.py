@@ -17,7 +17,7 @@ from nfapps.integration.estimate import (
     unweighting_efficiency,
 )
 from nfapps.integration.integrand import IntegrandError, UnitCubeIntegrand, load_callable
-from nfapps.integration.integrator import Integrator, integrate
+from nfapps.integration.integrator import Integrator, cells_per_dimension, integrate, stratified_base_points
 
 ALPHA = 0.2
 
@@ -33,11 +33,16 @@ def product(x):
 
 def test_tally_matches_numpy_and_merges():
     w = np.random.default_rng(0).lognormal(0, 1, 1001)
+    whole = Tally().add(w)
+    assert whole.std == pytest.approx(w.std(ddof=1), rel=1e-10)
+    assert whole.error == pytest.approx(w.std(ddof=1) / math.sqrt(1001), rel=1e-10)
     t = Tally().add(w[:400]).merge(Tally().add(w[400:]))
     assert t.n == 1001
     assert t.mean == pytest.approx(w.mean(), rel=1e-12)
-    assert t.std == pytest.approx(w.std(ddof=1), rel=1e-10)
-    assert t.error == pytest.approx(w.std(ddof=1) / math.sqrt(1001), rel=1e-10)
+    # two batches, two groups: Var(Î) = (400 s₁² + 601 s₂²) / N²
+    pooled = 400 * w[:400].var(ddof=1) + 601 * w[400:].var(ddof=1)
+    assert t.error == pytest.approx(math.sqrt(pooled) / 1001, rel=1e-10)
+    assert t.std == pytest.approx(math.sqrt(pooled / 1001), rel=1e-10)
     assert t.effective_sample_size == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-12)
 
 
@@ -109,18 +114,22 @@ def _poor_sampler(dim, seed, scale=0.3):
 
 def test_poor_sampler_gives_the_right_answer_with_a_wider_error():
     exact = math.erf(1 / (2 * ALPHA)) ** 2
-    poor = Integrator(gaussian, 2, flow=_poor_sampler(2, 0), seed=0).integrate(40_000, progress=False, exact=exact)
-    uniform = Integrator(gaussian, 2, seed=0).integrate(40_000, progress=False, exact=exact)
-    for result in (poor, uniform):
+    poor = Integrator(gaussian, 2, flow=_poor_sampler(2, 0), seed=0)
+    uniform = Integrator(gaussian, 2, seed=0)
+    results = [sampler.integrate(40_000, progress=False, exact=exact, stratify=stratify)
+               for sampler in (poor, uniform) for stratify in (False, True)]
+    for result in results:
         assert abs(result.pull) < 4, result
-    assert poor.relative_std > 1.0  # worse than a good sampler, but honest
+    assert results[0].relative_std > 1.0  # worse than a good sampler, but honest
+    assert results[1].relative_std < results[0].relative_std / 3  # stratification makes up for much of it
 
 
-def test_pulls_over_seeds_are_standard_normal():
+@pytest.mark.parametrize("stratify", [False, True])
+def test_pulls_over_seeds_are_standard_normal(stratify):
     pulls = []
     for seed in range(40):
         sampler = _poor_sampler(3, seed, scale=0.1)  # random, mismatched (σ/I ≈ 1.4 against 0.6 uniform)
-        r = Integrator(product, 3, flow=sampler, seed=seed).integrate(2000, progress=False, exact=1.0)
+        r = Integrator(product, 3, flow=sampler, seed=seed).integrate(2000, progress=False, exact=1.0, stratify=stratify)
         pulls.append(r.pull)
     pulls = np.array(pulls)
     print(f"pulls over 40 seeds: mean {pulls.mean():.3f}, std {pulls.std(ddof=1):.3f}")
@@ -129,9 +138,10 @@ def test_pulls_over_seeds_are_standard_normal():
 
 def test_training_reduces_the_variance_and_the_estimate_stays_right():
     exact = math.erf(1 / (2 * ALPHA)) ** 2
-    before = Integrator(gaussian, 2, seed=1).integrate(20_000, progress=False)
+    # unstratified, to see what the training alone does (in 2-D stratification alone does a lot)
+    before = Integrator(gaussian, 2, seed=1).integrate(20_000, progress=False, stratify=False)
     result = integrate(gaussian, 2, calls=80_000, training_fraction=0.5, batch=1024, reuse=4, lr=3e-3,
-                       seed=1, progress=False, exact=exact)
+                       seed=1, progress=False, exact=exact, stratify=False)
     print(f"relative std per event: untrained {before.relative_std:.3f}, trained {result.relative_std:.3f}")
     assert result.relative_std < before.relative_std / 3
     assert abs(result.pull) < 4
@@ -162,3 +172,36 @@ def test_save_and_restore_continue_bit_identically(tmp_path):
     assert r1.value == r2.value and r1.error == r2.error
     with pytest.raises(ValueError, match="another run"):
         Integrator(gaussian, 2, seed=4).restore(tmp_path / "state.nfapps")
+
+
+def test_cells_per_dimension_leave_two_points_in_every_cube():
+    assert cells_per_dimension(65_536, 2) == 181 and cells_per_dimension(65_536, 8) == 3
+    assert cells_per_dimension(65_536, 16) == 1 and cells_per_dimension(3, 1) == 1 and cells_per_dimension(4, 1) == 2
+    for n, d in [(1000, 3), (1001, 3), (999, 3), (2 * 5**4, 4), (2 * 5**4 - 1, 4)]:
+        m = cells_per_dimension(n, d)
+        assert 2 * m**d <= n < 2 * (m + 1) ** d
+
+
+def test_stratified_base_points_fill_every_cube_equally():
+    z = stratified_base_points(2 * 4**3, 3, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert z.shape == (128, 3) and bool(((z >= 0) & (z < 1)).all())
+    cube = ((z * 4).floor().long() * torch.tensor([1, 4, 16])).sum(1)
+    assert cube.tolist() == [k for k in range(64) for _ in range(2)]  # cube by cube, two points each
+    z = stratified_base_points(2 * 4**3 + 5, 3, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert z.shape == (133, 3) and bool(((z >= 0) & (z < 1)).all())  # the last 5 anywhere in the cube
+
+
+def test_stratified_error_matches_the_known_variance():
+    """f(u) = u on [0, 1] under the untrained (uniform) sampler: within a cell of width 1/H the
+    weights have variance 1/(12 H²), so σ per event = 1/(√12 H), against 1/√12 unstratified."""
+    integrator = Integrator(lambda u: u[:, 0], 1, seed=3)
+    u, log_q, _, _ = integrator.draw(1000)
+    assert float(log_q.abs().max()) < 1e-5  # the untrained sampler is uniform
+    plain = integrator.integrate(100_000, batch=10_000, progress=False, exact=0.5, stratify=False)
+    strata = integrator.integrate(100_000, batch=10_000, progress=False, exact=0.5)
+    assert plain.relative_std == pytest.approx(2 / math.sqrt(12), rel=0.02)
+    assert strata.relative_std == pytest.approx(2 / (math.sqrt(12) * 5000), rel=0.02)  # H = 5000 cells per batch
+    assert strata.calls_estimate == plain.calls_estimate == 100_000
+    odd = integrator.integrate(10_001, batch=5_000, progress=False, exact=0.5)  # 5000, 5001 = 2·2500 + 1: 2·2000 + 1001
+    assert odd.calls_estimate == odd.tally["n"] == 10_001 and abs(odd.pull) < 4
+    assert abs(strata.pull) < 4 and abs(plain.pull) < 4

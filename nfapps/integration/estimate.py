@@ -1,8 +1,17 @@
 """Importance-sampling estimates from weights w_i = f(x_i)/q(x_i), x_i ~ q.
 
-I ≈ Î = (1/N) Σ w_i, with standard error σ̂/√N where σ̂² = (Σw² − N Î²)/(N − 1): unbiased for
-any q that covers the support of f. Tallies (N, Σw, Σw²) add across batches and processes,
-so a run split over ranks or resumed later combines exactly.
+I ≈ Î = (1/N) Σ w_i. The weights come in groups g of n_g ≥ 2 points: a batch of independent
+draws from q is one group; a stratified batch (the flow's base split into H equal-probability
+cells, the same number of points in each) is H groups, one per cell. Either way each group is
+drawn with a share n_g/N of the points from a share n_g/N of the probability, so Î is the
+stratified mean Σ_g (n_g/N) Î_g and its variance has the unbiased estimate
+
+    Var(Î) ≈ (1/N²) Σ_g n_g s_g²,   s_g² = Σ_{i∈g} (w_i − Î_g)² / (n_g − 1),
+
+which for one unstratified group is the familiar s²/N. Tallies (N, Σw, Σw², Σ n_g s_g²) add
+across batches and processes, so a run split over ranks or resumed later combines exactly.
+The error can only come out smaller than the unstratified one where stratification really
+removes variance: it is measured within the cells, never assumed.
 """
 
 from __future__ import annotations
@@ -17,32 +26,46 @@ from torch import Tensor
 
 @dataclass
 class Tally:
-    """Running sums of importance weights: count n, Σw, Σw², Σ|w|, max|w|."""
+    """Running sums of importance weights: count n, Σw, Σw², Σ|w|, max|w| and Σ_g n_g s_g²."""
 
     n: int = 0
     sum_w: float = 0.0
     sum_w2: float = 0.0
     sum_abs_w: float = 0.0
     max_abs_w: float = 0.0
+    sum_group_var: float = 0.0
 
-    def add(self, w: Tensor | np.ndarray) -> "Tally":
-        w = torch.as_tensor(w, dtype=torch.float64)
+    def add(self, w: Tensor | np.ndarray, groups: int = 1) -> "Tally":
+        """Add a batch of weights made of ``groups`` consecutive groups of equal size (≥ 2 each)."""
+        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
+        if not w.numel():
+            return self
+        if groups < 1 or w.numel() % groups or w.numel() // groups < 2:
+            raise ValueError(f"a batch of {w.numel()} weights cannot form {groups} groups of ≥ 2 equal ones")
+        per_group = w.reshape(groups, -1)
         self.n += int(w.numel())
         self.sum_w += float(w.sum())
         self.sum_w2 += float(w.square().sum())
         self.sum_abs_w += float(w.abs().sum())
-        self.max_abs_w = max(self.max_abs_w, float(w.abs().max())) if w.numel() else self.max_abs_w
+        self.max_abs_w = max(self.max_abs_w, float(w.abs().max()))
+        self.sum_group_var += float(per_group.var(dim=1).sum()) * per_group.shape[1]
         return self
 
     def merge(self, other: "Tally") -> "Tally":
         return Tally(
             self.n + other.n, self.sum_w + other.sum_w, self.sum_w2 + other.sum_w2,
             self.sum_abs_w + other.sum_abs_w, max(self.max_abs_w, other.max_abs_w),
+            self.sum_group_var + other.sum_group_var,
         )
 
     def to_tensor(self) -> Tensor:
-        """(n, Σw, Σw², Σ|w|) as float64, for an all-reduce sum (the max is reduced separately)."""
-        return torch.tensor([self.n, self.sum_w, self.sum_w2, self.sum_abs_w], dtype=torch.float64)
+        """(n, Σw, Σw², Σ|w|, Σ n_g s_g²) as float64, for an all-reduce sum (the max is reduced separately)."""
+        return torch.tensor([self.n, self.sum_w, self.sum_w2, self.sum_abs_w, self.sum_group_var], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, sums: Tensor, max_abs_w: float) -> "Tally":
+        n, sum_w, sum_w2, sum_abs_w, sum_group_var = sums.tolist()
+        return cls(int(n), sum_w, sum_w2, sum_abs_w, max_abs_w, sum_group_var)
 
     @property
     def mean(self) -> float:
@@ -50,19 +73,18 @@ class Tally:
 
     @property
     def std(self) -> float:
-        """Sample standard deviation of the weights, σ̂ = √((Σw² − N Î²)/(N − 1))."""
-        if self.n < 2:
-            return math.nan
-        return math.sqrt(max(self.sum_w2 - self.n * self.mean**2, 0.0) / (self.n - 1))
+        """Standard deviation per event, √(Σ_g n_g s_g² / N) = √N × the standard error
+        (for unstratified draws: the sample standard deviation of the weights)."""
+        return math.sqrt(self.sum_group_var / self.n) if self.n >= 2 else math.nan
 
     @property
     def error(self) -> float:
-        """Standard error of the mean, σ̂/√N."""
-        return self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
+        """Standard error of the estimate, √(Σ_g n_g s_g²)/N."""
+        return math.sqrt(self.sum_group_var) / self.n if self.n >= 2 else math.nan
 
     @property
     def relative_std(self) -> float:
-        """Relative standard deviation per event, σ̂/|Î| (√N × the relative error)."""
+        """Relative standard deviation per event, σ/|Î| (√N × the relative error)."""
         return self.std / abs(self.mean) if self.mean else math.inf
 
     @property
