@@ -17,7 +17,8 @@ from nfapps.integration.estimate import (
     unweighting_efficiency,
 )
 from nfapps.integration.integrand import IntegrandError, UnitCubeIntegrand, load_callable
-from nfapps.integration.integrator import Integrator, cells_per_dimension, integrate, stratified_base_points
+from nfapps.integration.integrator import Integrator, integrate
+from nfapps.integration.stratify import Strata, cells_per_dimension
 
 ALPHA = 0.2
 
@@ -176,19 +177,39 @@ def test_save_and_restore_continue_bit_identically(tmp_path):
 
 def test_cells_per_dimension_leave_two_points_in_every_cube():
     assert cells_per_dimension(65_536, 2) == 181 and cells_per_dimension(65_536, 8) == 3
+    assert cells_per_dimension(65_536, 2, per_cell=4) == 128
     assert cells_per_dimension(65_536, 16) == 1 and cells_per_dimension(3, 1) == 1 and cells_per_dimension(4, 1) == 2
     for n, d in [(1000, 3), (1001, 3), (999, 3), (2 * 5**4, 4), (2 * 5**4 - 1, 4)]:
         m = cells_per_dimension(n, d)
         assert 2 * m**d <= n < 2 * (m + 1) ** d
 
 
-def test_stratified_base_points_fill_every_cube_equally():
-    z = stratified_base_points(2 * 4**3, 3, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert z.shape == (128, 3) and bool(((z >= 0) & (z < 1)).all())
+def test_strata_fill_every_cube_and_allocate_by_spread():
+    strata = Strata(3, 4, beta=1.0)
+    counts = strata.allocate(2 * 4**3 + 5)
+    assert counts.sum() == 133 and counts.min() == 2 and counts.max() == 3  # equal shares before any measurement
+    z = strata.points(counts, torch.Generator().manual_seed(0))
+    assert z.shape == (133, 3) and bool(((z >= 0) & (z < 1)).all())
     cube = ((z * 4).floor().long() * torch.tensor([1, 4, 16])).sum(1)
-    assert cube.tolist() == [k for k in range(64) for _ in range(2)]  # cube by cube, two points each
-    z = stratified_base_points(2 * 4**3 + 5, 3, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert z.shape == (133, 3) and bool(((z >= 0) & (z < 1)).all())  # the last 5 anywhere in the cube
+    assert cube.tolist() == torch.repeat_interleave(torch.arange(64), counts).tolist()  # cube by cube
+    # weights that vary only in cube 5 (σ = 1 there, 0 elsewhere): its share of the spare points
+    w = torch.zeros(133, dtype=torch.float64)
+    w[counts[:5].sum():counts[:6].sum()] = torch.tensor([1.0, -1.0, 1.0][: int(counts[5])])
+    strata.update(w, counts)
+    counts = strata.allocate(1000)
+    assert counts[5] == 1000 - 2 * 63 and (counts[torch.arange(64) != 5] == 2).all()
+    rescaled = strata.rescale(torch.ones(1000, dtype=torch.float64), counts)
+    assert float(rescaled.mean()) == pytest.approx(1.0)  # Σ_h p_h · (mean of w̃ / (n p_h / n_h)) = 1
+    with pytest.raises(ValueError, match="two"):
+        strata.allocate(100)
+
+
+def test_tally_of_unequal_groups():
+    w = torch.tensor([1.0, 3.0, 2.0, 2.0, 4.0, 0.0, 5.0], dtype=torch.float64)
+    t = Tally().add(w, torch.tensor([2, 2, 3]))
+    assert t.sum_group_var == pytest.approx(2 * 2.0 + 2 * 0.0 + 3 * w[4:].var().item())
+    with pytest.raises(ValueError, match="groups"):
+        Tally().add(w, torch.tensor([1, 6]))
 
 
 def test_stratified_error_matches_the_known_variance():
@@ -200,8 +221,8 @@ def test_stratified_error_matches_the_known_variance():
     plain = integrator.integrate(100_000, batch=10_000, progress=False, exact=0.5, stratify=False)
     strata = integrator.integrate(100_000, batch=10_000, progress=False, exact=0.5)
     assert plain.relative_std == pytest.approx(2 / math.sqrt(12), rel=0.02)
-    assert strata.relative_std == pytest.approx(2 / (math.sqrt(12) * 5000), rel=0.02)  # H = 5000 cells per batch
+    assert strata.relative_std == pytest.approx(2 / (math.sqrt(12) * 5000), rel=0.02)  # 5000 cells of 2 points
     assert strata.calls_estimate == plain.calls_estimate == 100_000
-    odd = integrator.integrate(10_001, batch=5_000, progress=False, exact=0.5)  # 5000, 5001 = 2·2500 + 1: 2·2000 + 1001
+    odd = integrator.integrate(10_001, batch=5_000, progress=False, exact=0.5)  # batches of 5000 and 5001
     assert odd.calls_estimate == odd.tally["n"] == 10_001 and abs(odd.pull) < 4
     assert abs(strata.pull) < 4 and abs(plain.pull) < 4

@@ -35,20 +35,28 @@ class Tally:
     max_abs_w: float = 0.0
     sum_group_var: float = 0.0
 
-    def add(self, w: Tensor | np.ndarray, groups: int = 1) -> "Tally":
-        """Add a batch of weights made of ``groups`` consecutive groups of equal size (≥ 2 each)."""
+    def add(self, w: Tensor | np.ndarray, groups: int | Tensor = 1) -> "Tally":
+        """Add a batch of weights made of consecutive groups of ≥ 2: ``groups`` equal ones, or
+        groups of the sizes in the 1-D integer tensor ``groups``."""
         w = torch.as_tensor(w, dtype=torch.float64).reshape(-1)
         if not w.numel():
             return self
-        if groups < 1 or w.numel() % groups or w.numel() // groups < 2:
-            raise ValueError(f"a batch of {w.numel()} weights cannot form {groups} groups of ≥ 2 equal ones")
-        per_group = w.reshape(groups, -1)
+        sizes = torch.as_tensor(groups).reshape(-1)
+        if sizes.numel() == 1:
+            count = int(sizes)
+            if count < 1 or w.numel() % count:
+                raise ValueError(f"a batch of {w.numel()} weights cannot form {count} groups of equal size")
+            sizes = torch.full((count,), w.numel() // count)
+        sizes = sizes.to(w.device, torch.long)
+        if int(sizes.sum()) != w.numel() or int(sizes.min()) < 2:
+            raise ValueError(f"a batch of {w.numel()} weights cannot form groups of sizes {sizes.tolist()[:8]}…, each ≥ 2")
+        squares = group_squares(w, sizes)
         self.n += int(w.numel())
         self.sum_w += float(w.sum())
         self.sum_w2 += float(w.square().sum())
         self.sum_abs_w += float(w.abs().sum())
         self.max_abs_w = max(self.max_abs_w, float(w.abs().max()))
-        self.sum_group_var += float(per_group.var(dim=1).sum()) * per_group.shape[1]
+        self.sum_group_var += float((squares * sizes / (sizes - 1)).sum())  # Σ_g n_g s_g²
         return self
 
     def merge(self, other: "Tally") -> "Tally":
@@ -94,6 +102,15 @@ class Tally:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def group_squares(w: Tensor, sizes: Tensor) -> Tensor:
+    """Σ_{i∈g} (w_i − w̄_g)² for consecutive groups g of the given sizes (float64)."""
+    sizes = sizes.to(w.device, torch.long)
+    group = torch.repeat_interleave(torch.arange(len(sizes), device=w.device), sizes)
+    w = w.to(torch.float64)
+    mean = torch.zeros(len(sizes), dtype=torch.float64, device=w.device).index_add_(0, group, w) / sizes
+    return torch.zeros_like(mean).index_add_(0, group, (w - mean[group]).square())
 
 
 def unweighting_efficiency(w: Tensor | np.ndarray) -> float:

@@ -41,6 +41,7 @@ from .estimate import (
     unweighting_efficiency,
 )
 from .integrand import UnitCubeIntegrand
+from .stratify import Strata, cells_per_dimension
 
 logger = logging.getLogger(__name__)
 
@@ -152,23 +153,22 @@ class Integrator:
         return g
 
     def draw(
-        self, n: int, stream: int = 0, counter: int | None = None, cells: int = 1
+        self, n: int, stream: int = 0, counter: int | None = None, strata: Strata | None = None,
+        counts: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
         """n points u ~ q with log q(u), the weights g(u)/q(u) (float64) and the time split.
 
-        With ``cells`` = M > 1 the draw is stratified: the flow's uniform base [0, 1]^d is cut
-        into H = M^d equal cubes and ⌊n/H⌋ points are drawn uniformly in each, cube by cube, then
-        the n mod H others in the whole base (:func:`stratified_base_points`). The weights thus
-        form H groups of equal size and a last group (see :meth:`tally`); each point taken alone
-        is still distributed as q.
+        With ``strata`` the draw is stratified instead: counts[h] points uniform in cube h of the
+        flow's base, cube by cube (:meth:`Strata.points`), n = Σ counts; each point taken alone
+        has density q within its cube, and ``strata.rescale`` turns w into the batch's weights.
         """
         if counter is None:
             counter, self.batches_drawn = self.batches_drawn, self.batches_drawn + 1
         generator = self._generator(stream, counter)
         t0 = time.perf_counter()
         with torch.no_grad():
-            if cells > 1:
-                u, log_q = self.flow.from_base(stratified_base_points(n, self.dim, cells, generator, self.device))
+            if strata is not None:
+                u, log_q = self.flow.from_base(strata.points(counts, generator))
             else:
                 u, log_q = self.flow.sample_and_log_prob(n, generator=generator)
         t1 = time.perf_counter()
@@ -176,12 +176,6 @@ class Integrator:
         t2 = time.perf_counter()
         w = g * torch.exp(-log_q.to(torch.float64))
         return u, log_q, w, {"sampler": t1 - t0, "integrand": t2 - t1}
-
-    @staticmethod
-    def tally(w: Tensor, dim: int, cells: int) -> Tally:
-        """The tally of one draw of :meth:`draw` with ``cells`` cells per dimension."""
-        stratified = len(w) - len(w) % cells**dim
-        return Tally().add(w[:stratified], groups=cells**dim).add(w[stratified:])
 
     def _share(self, total: int) -> int:
         """This rank's part of a global count: ⌊total/W⌋, plus one for the first total mod W ranks."""
@@ -298,15 +292,16 @@ class Integrator:
         return self
 
     # -- estimate --------------------------------------------------------------------------------
-    def integrate(self, calls: int, batch: int = 65_536, progress: bool = True, exact: float | None = None,
-                  replica_size: int = 10_000, stratify: bool = True) -> IntegrationResult:
+    def integrate(self, calls: int, batch: int = 262_144, progress: bool = True, exact: float | None = None,
+                  replica_size: int = 10_000, stratify: bool = True, per_cube: int = 2,
+                  beta: float = 0.75) -> IntegrationResult:
         """Estimate the integral from ``calls`` fresh samples of the frozen sampler.
 
-        With ``stratify`` each batch is a stratified draw (:meth:`draw`) with as many cubes per
-        dimension as leave at least two points in every cube (:func:`cells_per_dimension`):
-        VEGAS+'s stratification, done in the flow's base space, where the flow has already made
-        the weights nearly flat. The few calls of a batch that do not fill its cubes evenly are
-        drawn from the whole base, unstratified.
+        With ``stratify`` the batches are stratified draws in the flow's base space (see
+        :mod:`~nfapps.integration.stratify`): as many cubes per dimension as leave ``per_cube``
+        points per cube on average in a batch, at least two in every one, and the rest
+        allocated ∝ σ_h^β as measured on the earlier batches (VEGAS+'s adaptive stratification,
+        done where the flow has already made the weights nearly flat).
         """
         if calls < 2 * self.world_size:
             raise ValueError(f"the estimate needs at least 2 calls per process, got {calls} for {self.world_size}")
@@ -314,19 +309,24 @@ class Integrator:
         timings = {"sampler": 0.0, "integrand": 0.0}
         self.flow.eval()
         remaining = self._share(calls)
+        strata = None
         with tqdm(total=remaining, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
             counter = 0
             while remaining:
                 n = min(batch, remaining)
                 if remaining - n < 2:
                     n = remaining  # a tail of one call could not be a group of its own
-                cells = cells_per_dimension(n, self.dim) if stratify else 1
-                while cells > 1 and n % cells**self.dim == 1:  # nor could one call left over by the cubes
-                    cells -= 1
+                if stratify and (strata is None or n < 2 * strata.cubes):  # the first batch, or a short last one
+                    cells = cells_per_dimension(n, self.dim, per_cube)
+                    strata = Strata(self.dim, cells, beta, self.device) if cells > 1 else None
+                counts = strata.allocate(n) if strata is not None else None
                 # a stream of its own: the estimate's points never coincide with training points
-                _, _, w, spent = self.draw(n, stream=1, counter=counter, cells=cells)
+                _, _, w, spent = self.draw(n, stream=1, counter=counter, strata=strata, counts=counts)
                 counter += 1
-                tally = tally.merge(self.tally(w, self.dim, cells))
+                if strata is not None:
+                    strata.update(w, counts)
+                    w = strata.rescale(w, counts)
+                tally.add(w, counts if strata is not None else 1)
                 weights.append(w.cpu().numpy())
                 for key in timings:
                     timings[key] += spent[key]
@@ -353,29 +353,6 @@ def _all_reduce(tally: Tally) -> Tally:
     return Tally.from_tensor(dist.all_reduce_sum(tally.to_tensor()), dist.all_reduce_max(tally.max_abs_w))
 
 
-def cells_per_dimension(n: int, dim: int, per_cell: int = 2) -> int:
-    """The largest M with M^dim cubes of at least ``per_cell`` points each among n (1 if none)."""
-    cells = max(int((n / per_cell) ** (1.0 / dim)), 1)
-    while (cells + 1) ** dim * per_cell <= n:  # guard the float root against rounding down ...
-        cells += 1
-    while cells > 1 and cells**dim * per_cell > n:  # ... and up
-        cells -= 1
-    return cells
-
-
-def stratified_base_points(n: int, dim: int, cells: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """n points in [0, 1]^dim: ⌊n/H⌋ uniform ones in each of the H = cells^dim equal cubes, cube by
-    cube (cube k has digits ⌊k / M^j⌋ mod M along dimension j), then the n mod H others uniform
-    in the whole cube [0, 1]^dim."""
-    cubes = cells**dim
-    per_cube = n // cubes
-    k = torch.arange(cubes, device=device).repeat_interleave(per_cube)
-    digits = torch.stack([(k // cells**j) % cells for j in range(dim)], dim=1)
-    u = torch.rand((n, dim), generator=generator, device=device)
-    u[: cubes * per_cube] = (digits + u[: cubes * per_cube]) / cells
-    return u
-
-
 def integrate(
     f: Callable,
     dim: int,
@@ -391,7 +368,7 @@ def integrate(
     seed: int = 0,
     progress: bool = True,
     exact: float | None = None,
-    estimate_batch: int = 65_536,
+    estimate_batch: int = 262_144,
     replica_size: int = 10_000,
     stratify: bool = True,
     **sampler: Any,

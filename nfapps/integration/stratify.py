@@ -1,0 +1,97 @@
+"""Stratified sampling in the flow's base space, with VEGAS+-style adaptive allocation.
+
+The sampler maps uniform base points z ∈ [0, 1]^d to x = f⁻¹(z). Cut the base into H = M^d
+equal cubes h (probability p_h = 1/H each under q) and draw n_h ≥ 2 points uniformly in cube h,
+n = Σ n_h in all. With w = g/q,
+
+    Î = Σ_h p_h Î_h,   Var(Î) = Σ_h p_h² s_h² / n_h,
+
+where Î_h and s_h² are the mean and sample variance of w in cube h. Written per point, Î is the
+mean of w̃ = w · (n p_h / n_h) over the batch, and Var(Î) = (1/n²) Σ_h n_h s̃_h² for the
+rescaled weights, exactly the grouped tally of :class:`~nfapps.integration.estimate.Tally`; w̃
+is also the true importance weight g/q̃ of the density q̃ = q · n_h/(n p_h) the points were
+drawn from, so efficiencies and events computed from w̃ are right.
+
+Equal allocation (n_h = n/H) leaves w̃ = w. VEGAS+ (Lepage 2021) instead gives cube h a share
+of the points ∝ σ_h^β, with σ_h measured on earlier batches (β = 0.75 by default): more
+points where the weights still vary — along the edges of a cut or a peak the flow could not
+follow. Because a batch's allocation depends on earlier batches only, each batch's estimate is
+unbiased given it, and the variances of the batches add.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .estimate import group_squares
+
+
+def cells_per_dimension(n: int, dim: int, per_cell: int = 2) -> int:
+    """The largest M with M^dim cubes of at least ``per_cell`` points each among n (1 if none)."""
+    cells = max(int((n / per_cell) ** (1.0 / dim)), 1)
+    while (cells + 1) ** dim * per_cell <= n:  # guard the float root against rounding down ...
+        cells += 1
+    while cells > 1 and cells**dim * per_cell > n:  # ... and up
+        cells -= 1
+    return cells
+
+
+class Strata:
+    """M^d equal cubes of the base [0, 1]^d, how many points each gets and the weights' spread in each.
+
+    Args:
+        dim: d.
+        cells: M, cubes per dimension.
+        beta: damping of the adaptive allocation n_h ∝ σ_h^β (0: equal allocation).
+        device: where the points are made.
+    """
+
+    def __init__(self, dim: int, cells: int, beta: float = 0.75, device: torch.device | str = "cpu") -> None:
+        if cells < 1 or beta < 0:
+            raise ValueError(f"need cells ≥ 1 and beta ≥ 0, got cells={cells}, beta={beta}")
+        self.dim, self.cells, self.beta = int(dim), int(cells), float(beta)
+        self.cubes = self.cells**self.dim
+        self.device = torch.device(device)
+        # pooled within-cube sums of squared deviations of w and their degrees of freedom
+        self._squares = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
+        self._dof = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
+
+    def allocate(self, n: int) -> Tensor:
+        """Points per cube (int64, H of them, each ≥ 2, summing to n): n_h = 2 + a share of the
+        other n − 2H ∝ σ_h^β, equal shares while nothing has been measured."""
+        spare = n - 2 * self.cubes
+        if spare < 0:
+            raise ValueError(f"{n} points cannot give each of {self.cubes} cubes two")
+        sigma = (self._squares / self._dof.clamp_min(1)).sqrt()
+        share = sigma.pow(self.beta) if self.beta > 0 else torch.ones_like(sigma)
+        if not bool((share.sum() > 0) & torch.isfinite(share).all()):
+            share = torch.ones_like(sigma)  # nothing measured yet, or no spread anywhere
+        exact = spare * share / share.sum()
+        counts = exact.floor().long()
+        short = spare - int(counts.sum())
+        if short:  # the largest remainders get one more point each
+            counts[torch.topk(exact - counts, short).indices] += 1
+        return counts + 2
+
+    def points(self, counts: Tensor, generator: torch.Generator) -> Tensor:
+        """counts[h] uniform points in cube h, cube by cube (cube h has digits ⌊h / M^j⌋ mod M along
+        dimension j)."""
+        h = torch.repeat_interleave(torch.arange(self.cubes, device=self.device), counts.to(self.device))
+        digits = torch.stack([(h // self.cells**j) % self.cells for j in range(self.dim)], dim=1)
+        u = torch.rand((len(h), self.dim), generator=generator, device=self.device)
+        return (digits + u) / self.cells
+
+    def rescale(self, w: Tensor, counts: Tensor) -> Tensor:
+        """w̃ = w · n p_h / n_h, the weights with respect to the density the points were drawn from."""
+        factor = (counts.sum() / (self.cubes * counts)).to(w)
+        return w * torch.repeat_interleave(factor, counts.to(w.device))
+
+    def update(self, w: Tensor, counts: Tensor) -> None:
+        """Add a batch's (unrescaled) weights, drawn with ``counts``, to each cube's spread."""
+        squares = group_squares(w, counts)
+        self._squares += squares.to(self.device)
+        self._dof += (counts - 1).to(self.device, torch.float64)
+
+
+__all__ = ["cells_per_dimension", "Strata"]
