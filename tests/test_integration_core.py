@@ -11,6 +11,7 @@ from conftest import perturb
 from nfapps.builders import NSF
 from nfapps.integration.estimate import (
     Tally,
+    batch_sizes,
     bootstrap_unweighting_efficiency,
     overweight_cap,
     truncated_unweighting_efficiency,
@@ -176,21 +177,24 @@ def test_save_and_restore_continue_bit_identically(tmp_path):
 
 
 def test_cells_per_dimension_leave_two_points_in_every_cube():
-    assert cells_per_dimension(65_536, 2) == 181 and cells_per_dimension(65_536, 8) == 3
-    assert cells_per_dimension(65_536, 2, per_cell=4) == 128
-    assert cells_per_dimension(65_536, 16) == 1 and cells_per_dimension(3, 1) == 1 and cells_per_dimension(4, 1) == 2
-    for n, d in [(1000, 3), (1001, 3), (999, 3), (2 * 5**4, 4), (2 * 5**4 - 1, 4)]:
-        m = cells_per_dimension(n, d)
-        assert 2 * m**d <= n < 2 * (m + 1) ** d
+    assert cells_per_dimension(65_536, 2) == [181, 181] and cells_per_dimension(65_536, 8) == [4] * 5 + [3] * 3
+    assert cells_per_dimension(65_536, 2, per_cell=4) == [128, 128]
+    assert cells_per_dimension(2**18, 18) == [2] * 17 + [1]  # two cells along as many axes as fit
+    assert cells_per_dimension(3, 1) == [1] and cells_per_dimension(4, 1) == [2] and cells_per_dimension(1, 3) == [1, 1, 1]
+    for n, d in [(1000, 3), (1001, 3), (999, 3), (2 * 5**4, 4), (2 * 5**4 - 1, 4), (10**5, 7)]:
+        cells = cells_per_dimension(n, d)
+        assert 2 * math.prod(cells) <= n and max(cells) - min(cells) <= 1
+        bigger = [c + 1 if j == cells.index(min(cells)) else c for j, c in enumerate(cells)]
+        assert 2 * math.prod(bigger) > n  # no cell more would fit
 
 
 def test_strata_fill_every_cube_and_allocate_by_spread():
-    strata = Strata(3, 4, beta=1.0)
+    strata = Strata([4, 4, 4], beta=1.0)
     counts = strata.allocate(2 * 4**3 + 5)
     assert counts.sum() == 133 and counts.min() == 2 and counts.max() == 3  # equal shares before any measurement
     z = strata.points(counts, torch.Generator().manual_seed(0))
-    assert z.shape == (133, 3) and bool(((z >= 0) & (z < 1)).all())
-    cube = ((z * 4).floor().long() * torch.tensor([1, 4, 16])).sum(1)
+    assert z.shape == (133, 3) and z.dtype == torch.float32 and bool(((z >= 0) & (z <= 1)).all())
+    cube = ((z.double() * 4).floor().long().clamp(max=3) * torch.tensor([1, 4, 16])).sum(1)
     assert cube.tolist() == torch.repeat_interleave(torch.arange(64), counts).tolist()  # cube by cube
     # weights that vary only in cube 5 (σ = 1 there, 0 elsewhere): its share of the spare points
     w = torch.zeros(133, dtype=torch.float64)
@@ -202,6 +206,17 @@ def test_strata_fill_every_cube_and_allocate_by_spread():
     assert float(rescaled.mean()) == pytest.approx(1.0)  # Σ_h p_h · (mean of w̃ / (n p_h / n_h)) = 1
     with pytest.raises(ValueError, match="two"):
         strata.allocate(100)
+    mixed = Strata([3, 2])  # cells differ along the axes: cube h = i + 3 j
+    z = mixed.points(torch.full((6,), 2), torch.Generator().manual_seed(1)).double()
+    cube = (z[:, 0] * 3).floor().long() + 3 * (z[:, 1] * 2).floor().long()
+    assert cube.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_batch_sizes_leave_no_batch_of_one():
+    assert batch_sizes(10, 4) == [4, 4, 2] and batch_sizes(9, 4) == [4, 5] and batch_sizes(8, 4) == [4, 4]
+    assert batch_sizes(3, 8) == [3]
+    with pytest.raises(ValueError, match="at least 2"):
+        batch_sizes(1, 8)
 
 
 def test_tally_of_unequal_groups():

@@ -27,7 +27,8 @@ its neval). The integrand is the same torch function for both, batch-vectorised 
 
 Per integrand and method: the estimate, the true relative error (Î − I)/|I|, the reported
 error σ_Î, the pull (Î − I)/σ_Î, the relative std per event σ_Î·√N/|Î| with N the estimate's
-calls (nfapps: σ̂_w/|Î| of its weights; VEGAS+: from its stratified error), the variance ratio
+calls (both methods stratify their estimate — nfapps in the flow's base space, VEGAS+ in its
+grid's — so for both it comes from the stratified error), the variance ratio
 VEGAS/nfapps (the square of the ratio of relative stds per event: how many times more events
 VEGAS+ needs for the same error), Kish's effective sample size, three unweighting efficiencies —
 classic ⟨|w|⟩/max|w|, bootstrap (median maximum over replicas of 10⁴ weights, nfapps' default) and

@@ -104,6 +104,17 @@ class Tally:
         return asdict(self)
 
 
+def batch_sizes(total: int, batch: int) -> list[int]:
+    """Sizes of consecutive batches of ``batch`` covering ``total`` points, none smaller than two
+    (the least a group needs for its variance): a tail of one joins the batch before it."""
+    if total < 2 or batch < 2:
+        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
+    sizes = [batch] * (total // batch) + ([total % batch] if total % batch else [])
+    if sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return sizes
+
+
 def group_squares(w: Tensor, sizes: Tensor) -> Tensor:
     """Σ_{i∈g} (w_i − w̄_g)² for consecutive groups g of the given sizes (float64)."""
     sizes = sizes.to(w.device, torch.long)

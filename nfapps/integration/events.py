@@ -58,7 +58,7 @@ from ..device import resolve_device
 from ..distributions import BoxUniform
 from ..flow import Flow
 from ..serialization import flow_from_payload
-from .estimate import Tally, overweight_cap
+from .estimate import Tally, batch_sizes, overweight_cap
 from .integrands import INTEGRANDS, Integrand
 from .integrator import Integrator
 from .job import ResolvedIntegrand, _single_process, resolve_integrand
@@ -137,12 +137,12 @@ def generate_events(
     counter-based seeds of their own (streams 2–4 of ``seed``), never those of training or the estimate.
     """
     _single_process("event generation")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"the number of events must be a positive integer, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"the number of events must be an integer ≥ 2 (the file's integral needs an error), got {n!r}")
     if not 0 < overweight < 1:
         raise ValueError(f"the overweight fraction δ must be in (0, 1), got {overweight}")
-    if batch < 1:
-        raise ValueError(f"batch must be ≥ 1, got {batch}")
+    if batch < 2:
+        raise ValueError(f"batch must be ≥ 2, got {batch}")
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise ValueError(f"{out_path} exists: choose another output file (or overwrite it with --force)")
@@ -178,8 +178,8 @@ def generate_events(
         if calibration_calls < 2:
             raise ValueError(f"calibration needs at least 2 points, got {calibration_calls}")
         weights = []
-        for k, start in enumerate(range(0, calibration_calls, batch)):
-            _, _, w, _ = integrator.draw(min(batch, calibration_calls - start), CALIBRATION_STREAM, k)
+        for k, size in enumerate(batch_sizes(calibration_calls, batch)):
+            _, _, w, _ = integrator.draw(size, CALIBRATION_STREAM, k)
             tally.add(w)
             weights.append(w.cpu().numpy())
         w = np.concatenate(weights)
@@ -203,8 +203,7 @@ def generate_events(
                                   chunks=(min(max(n, 1), 16384), integrand.dim))
             ws = f.create_dataset("weight", (0,), maxshape=(None,), dtype="f8", chunks=(min(max(n, 1), 65536),))
             with tqdm(total=n_tried, desc="events", unit="call", unit_scale=True, disable=not progress) as bar:
-                for k, start in enumerate(range(0, n_tried, batch)):
-                    m = min(batch, n_tried - start)
+                for k, m in enumerate(batch_sizes(n_tried, batch)):
                     u, _, w, _ = integrator.draw(m, PRODUCTION_STREAM, k)
                     tally.add(w)
                     x = integrator.integrand.to_box(u).cpu().numpy()

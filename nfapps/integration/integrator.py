@@ -36,6 +36,7 @@ from ..flow import Flow
 from ..serialization import flow_from_payload, flow_payload
 from .estimate import (
     Tally,
+    batch_sizes,
     bootstrap_unweighting_efficiency,
     truncated_unweighting_efficiency,
     unweighting_efficiency,
@@ -305,24 +306,20 @@ class Integrator:
         """
         if calls < 2 * self.world_size:
             raise ValueError(f"the estimate needs at least 2 calls per process, got {calls} for {self.world_size}")
+        if per_cube < 2 or beta < 0:
+            raise ValueError(f"need per_cube ≥ 2 (a cube's variance needs two points) and beta ≥ 0, got {per_cube}, {beta}")
         tally, weights = Tally(), []
         timings = {"sampler": 0.0, "integrand": 0.0}
         self.flow.eval()
-        remaining = self._share(calls)
         strata = None
-        with tqdm(total=remaining, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
-            counter = 0
-            while remaining:
-                n = min(batch, remaining)
-                if remaining - n < 2:
-                    n = remaining  # a tail of one call could not be a group of its own
+        with tqdm(total=self._share(calls), desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
+            for counter, n in enumerate(batch_sizes(self._share(calls), max(batch, 2))):
                 if stratify and (strata is None or n < 2 * strata.cubes):  # the first batch, or a short last one
                     cells = cells_per_dimension(n, self.dim, per_cube)
-                    strata = Strata(self.dim, cells, beta, self.device) if cells > 1 else None
+                    strata = Strata(cells, beta, self.device) if max(cells) > 1 else None
                 counts = strata.allocate(n) if strata is not None else None
                 # a stream of its own: the estimate's points never coincide with training points
                 _, _, w, spent = self.draw(n, stream=1, counter=counter, strata=strata, counts=counts)
-                counter += 1
                 if strata is not None:
                     strata.update(w, counts)
                     w = strata.rescale(w, counts)
@@ -330,7 +327,6 @@ class Integrator:
                 weights.append(w.cpu().numpy())
                 for key in timings:
                     timings[key] += spent[key]
-                remaining -= n
                 bar.update(n)
         tally = _all_reduce(tally)
         all_w = dist.all_gather_array(np.concatenate(weights))

@@ -21,38 +21,56 @@ unbiased given it, and the variances of the batches add.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from .estimate import group_squares
 
 
-def cells_per_dimension(n: int, dim: int, per_cell: int = 2) -> int:
-    """The largest M with M^dim cubes of at least ``per_cell`` points each among n (1 if none)."""
-    cells = max(int((n / per_cell) ** (1.0 / dim)), 1)
-    while (cells + 1) ** dim * per_cell <= n:  # guard the float root against rounding down ...
-        cells += 1
-    while cells > 1 and cells**dim * per_cell > n:  # ... and up
-        cells -= 1
+def cells_per_dimension(n: int, dim: int, per_cell: int = 2) -> list[int]:
+    """Cells along each dimension, M or M + 1 (the first dimensions get the extra one), for the
+    most cubes Π M_j with at least ``per_cell`` points each among n; all ones if none fit.
+
+    Like VEGAS+, a high dimension with too few points for two cells along every axis still gets
+    two along as many axes as the points allow (d = 18 with 2^18 points: 2^17 cubes).
+    """
+    if n < per_cell or dim < 1:
+        return [1] * max(dim, 0)
+    m = max(int((n / per_cell) ** (1.0 / dim)), 1)
+    while (m + 1) ** dim * per_cell <= n:  # guard the float root against rounding down ...
+        m += 1
+    while m > 1 and m**dim * per_cell > n:  # ... and up
+        m -= 1
+    cells = [m] * dim
+    for j in range(dim):
+        if math.prod(cells) // m * (m + 1) * per_cell > n:
+            break
+        cells[j] = m + 1
     return cells
 
 
 class Strata:
-    """M^d equal cubes of the base [0, 1]^d, how many points each gets and the weights' spread in each.
+    """Π M_j equal cubes of the base [0, 1]^d, how many points each gets and the weights' spread in each.
 
     Args:
-        dim: d.
-        cells: M, cubes per dimension.
+        cells: M_j, cells along each dimension j (d of them).
         beta: damping of the adaptive allocation n_h ∝ σ_h^β (0: equal allocation).
         device: where the points are made.
     """
 
-    def __init__(self, dim: int, cells: int, beta: float = 0.75, device: torch.device | str = "cpu") -> None:
-        if cells < 1 or beta < 0:
-            raise ValueError(f"need cells ≥ 1 and beta ≥ 0, got cells={cells}, beta={beta}")
-        self.dim, self.cells, self.beta = int(dim), int(cells), float(beta)
-        self.cubes = self.cells**self.dim
+    def __init__(self, cells: Sequence[int], beta: float = 0.75, device: torch.device | str = "cpu") -> None:
+        self.cells = [int(m) for m in cells]
+        if not self.cells or min(self.cells) < 1 or beta < 0:
+            raise ValueError(f"need cells ≥ 1 along each dimension and beta ≥ 0, got cells={cells}, beta={beta}")
+        self.dim, self.beta = len(self.cells), float(beta)
+        self.cubes = math.prod(self.cells)
         self.device = torch.device(device)
+        # cube h has digit ⌊h / Π_{i<j} M_i⌋ mod M_j along dimension j
+        self._strides = [math.prod(self.cells[:j]) for j in range(self.dim)]
+        self._sizes = torch.tensor(self.cells, dtype=torch.float64, device=self.device)
         # pooled within-cube sums of squared deviations of w and their degrees of freedom
         self._squares = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
         self._dof = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
@@ -75,12 +93,11 @@ class Strata:
         return counts + 2
 
     def points(self, counts: Tensor, generator: torch.Generator) -> Tensor:
-        """counts[h] uniform points in cube h, cube by cube (cube h has digits ⌊h / M^j⌋ mod M along
-        dimension j)."""
+        """counts[h] uniform points in cube h, cube by cube (float32, like the flow's base)."""
         h = torch.repeat_interleave(torch.arange(self.cubes, device=self.device), counts.to(self.device))
-        digits = torch.stack([(h // self.cells**j) % self.cells for j in range(self.dim)], dim=1)
-        u = torch.rand((len(h), self.dim), generator=generator, device=self.device)
-        return (digits + u) / self.cells
+        digits = torch.stack([(h // stride) % m for stride, m in zip(self._strides, self.cells)], dim=1)
+        u = torch.rand((len(h), self.dim), generator=generator, device=self.device, dtype=torch.float64)
+        return ((digits + u) / self._sizes).float()
 
     def rescale(self, w: Tensor, counts: Tensor) -> Tensor:
         """w̃ = w · n p_h / n_h, the weights with respect to the density the points were drawn from."""
