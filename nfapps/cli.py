@@ -97,6 +97,8 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--estimate-batch", type=int, help=f"points per batch of the estimate (default: {DEFAULTS['estimate_batch']})")
     p.add_argument("--no-stratify", dest="stratify", action="store_false", default=None,
                    help="estimate from independent draws instead of draws stratified in the sampler's base space")
+    p.add_argument("--no-choose", dest="choose", action="store_false", default=None,
+                   help="always estimate with the trained flow (by default pilots choose between it and uniform points)")
     p.add_argument("--replica-size", type=int,
                    help=f"replica size of the bootstrap unweighting efficiency (default: {DEFAULTS['replica_size']:,})")
     p.add_argument("--events", type=int, help="also write this many events to events.h5 (default: none)")
@@ -125,6 +127,7 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                 unweighted=None if args.weighted is None else not args.weighted, progress=not args.quiet,
                 bins=args.bins, transforms=args.transforms, hidden=args.hidden, pre_map=args.pre_map,
                 estimate_batch=args.estimate_batch, replica_size=args.replica_size, stratify=args.stratify,
+                choose=args.choose,
             )
         except ValueError as err:
             raise _one_line(err) from err
@@ -134,7 +137,7 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
         r = result["result"]
         keys = ("value", "error", "relative_std", "effective_sample_size", "unweighting_efficiency",
                 "unweighting_efficiency_bootstrap", "bootstrap_replica_size", "unweighting_efficiency_truncated",
-                "calls_training", "calls_estimate", "time_integrand_s", "time_sampler_s", "time_training_s",
+                "calls_training", "calls_pilot", "calls_estimate", "sampler", "time_integrand_s", "time_sampler_s", "time_training_s",
                 "peak_memory_mb", "device")
         summary = {"integrand": result["integrand"], "exact": result["exact"], "pull": result["pull"],
                    **{k: r[k] for k in keys}, "out": out}

@@ -147,7 +147,8 @@ def test_training_reduces_the_variance_and_the_estimate_stays_right():
     print(f"relative std per event: untrained {before.relative_std:.3f}, trained {result.relative_std:.3f}")
     assert result.relative_std < before.relative_std / 3
     assert abs(result.pull) < 4
-    assert result.calls_training == 39 * 1024 and result.calls_estimate == 80_000 - 39 * 1024
+    assert result.calls_training == 39 * 1024 and result.calls_estimate + result.calls_pilot == 80_000 - 39 * 1024
+    assert result.sampler == "flow" and result.calls_pilot == 2 * ((80_000 - 39 * 1024) // 16)
 
 
 def test_box_bounds_and_signed_integrands():
@@ -241,3 +242,15 @@ def test_stratified_error_matches_the_known_variance():
     odd = integrator.integrate(10_001, batch=5_000, progress=False, exact=0.5)  # batches of 5000 and 5001
     assert odd.calls_estimate == odd.tally["n"] == 10_001 and abs(odd.pull) < 4
     assert abs(strata.pull) < 4 and abs(plain.pull) < 4
+
+
+def test_the_pilots_choose_uniform_points_for_a_nearly_flat_integrand():
+    """On 1 + x₀/10 stratified uniform points leave almost no variance, a trained flow's wiggles
+    leave more: the pilots pick the uniform sampler there, and the flow for a narrow peak."""
+    flat = integrate(lambda x: 1 + x[:, 0] / 10, 2, calls=60_000, batch=1024, seed=2, progress=False, exact=1.05)
+    peak = integrate(gaussian, 2, calls=60_000, batch=1024, seed=2, progress=False, exact=math.erf(1 / (2 * ALPHA)) ** 2)
+    assert flat.sampler == "uniform" and peak.sampler == "flow"
+    for result in (flat, peak):
+        assert result.calls_training + result.calls_pilot + result.calls_estimate == 60_000
+        assert result.tally["n"] == result.calls_estimate and abs(result.pull) < 4
+    assert integrate(gaussian, 2, calls=60_000, batch=1024, seed=2, progress=False, choose=False).calls_pilot == 0

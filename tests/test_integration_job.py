@@ -33,7 +33,7 @@ RESULT_KEYS = {
     "value", "error", "relative_std", "effective_sample_size", "unweighting_efficiency",
     "unweighting_efficiency_bootstrap", "bootstrap_replica_size", "unweighting_efficiency_truncated",
     "calls_training", "calls_estimate", "time_integrand_s", "time_sampler_s", "time_training_s", "peak_memory_mb",
-    "device", "exact", "pull",
+    "device", "exact", "pull", "sampler", "calls_pilot",
 }
 
 
@@ -56,9 +56,9 @@ def test_run_directory_holds_result_sampler_plots_history_and_events(finished, c
     assert result["integrand"] == "gaussian-2" and result["builtin"] and result["exact"] == f.exact
     assert result["settings"]["seed"] == 1 and result["settings"]["calls"] == 20_000
     r = result["result"]
-    assert r["calls_training"] == 19 * 512 and r["calls_estimate"] == 20_000 - 19 * 512
+    assert r["calls_training"] == 19 * 512 and r["calls_estimate"] + r["calls_pilot"] == 20_000 - 19 * 512
     assert result["pull"] == pytest.approx((r["value"] - f.exact) / r["error"]) and abs(result["pull"]) < 5
-    assert r["bootstrap_replica_size"] == 10_000 and r["device"] == "cpu"
+    assert r["bootstrap_replica_size"] == min(10_000, r["calls_estimate"]) and r["device"] == "cpu"
     assert 0 < r["unweighting_efficiency"] <= r["unweighting_efficiency_truncated"] <= 1
     for plot in ("training.png", "weights.png"):
         assert (finished / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -183,8 +183,8 @@ def run_nfapps(f: Integrand, s: Settings, seed: int) -> dict[str, Any]:
     record.pop("tally", None)
     record.update(_relative(r.value, f.exact, r.error))
     record.update(
-        calls_total=r.calls_training + r.calls_estimate, wall_s=wall,
-        sampler_us_per_point=1e6 * r.time_sampler_s / r.calls_estimate,
+        calls_total=r.calls_training + r.calls_pilot + r.calls_estimate, wall_s=wall,
+        sampler_us_per_point=1e6 * r.time_sampler_s / (r.calls_pilot + r.calls_estimate),
     )
     return record
 

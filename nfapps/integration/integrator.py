@@ -34,7 +34,9 @@ from .. import distributed as dist
 from ..atomic import dump, load_container
 from ..builders import NSF
 from ..device import resolve_device
+from ..distributions import BoxUniform
 from ..flow import Flow
+from ..transforms.base import Compose
 from ..serialization import flow_from_payload, flow_payload
 from .estimate import (
     Tally,
@@ -67,7 +69,7 @@ class IntegrationResult:
     bootstrap_replica_size: int
     unweighting_efficiency_truncated: float  # overweight δ = 1e-3
     calls_training: int
-    calls_estimate: int
+    calls_estimate: int  # in the estimate (the pilots that chose the sampler excluded)
     time_integrand_s: float
     time_sampler_s: float
     time_training_s: float
@@ -75,6 +77,8 @@ class IntegrationResult:
     device: str
     tally: dict[str, float] = field(default_factory=dict)
     exact: float | None = None
+    sampler: str = "flow"  # the sampler that drew the estimate: "flow" or "uniform" (chosen by the pilots)
+    calls_pilot: int = 0  # spent on the pilots that chose it, in neither the training nor the estimate
 
     @property
     def pull(self) -> float | None:
@@ -160,9 +164,10 @@ class Integrator:
 
     def draw(
         self, n: int, stream: int = 0, counter: int | None = None, strata: Strata | None = None,
-        counts: Tensor | None = None,
+        counts: Tensor | None = None, flow: Flow | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
-        """n points u ~ q with log q(u), the weights g(u)/q(u) (float64) and the time split.
+        """n points u ~ q with log q(u), the weights g(u)/q(u) (float64) and the time split;
+        q is the sampler's flow, or ``flow`` if given.
 
         With ``strata`` the draw is stratified instead: counts[h] points uniform in cube h of the
         flow's base, cube by cube (:meth:`Strata.points`), n = Σ counts; each point taken alone
@@ -173,9 +178,10 @@ class Integrator:
         generator = self._generator(stream, counter)
         t0 = time.perf_counter()
         with torch.no_grad():
-            z = strata.points(counts, generator) if strata is not None else self.flow.base.sample(n, generator=generator)
+            flow = self.flow if flow is None else flow
+            z = strata.points(counts, generator) if strata is not None else flow.base.sample(n, generator=generator)
             # through the flow a few thousand points at a time: a quarter-million at once runs out of cache
-            pieces = [self.flow.from_base(piece) for piece in z.split(SAMPLER_CHUNK)]
+            pieces = [flow.from_base(piece) for piece in z.split(SAMPLER_CHUNK)]
             u, log_q = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
         t1 = time.perf_counter()
         g = self.integrand(u)
@@ -300,40 +306,69 @@ class Integrator:
     # -- estimate --------------------------------------------------------------------------------
     def integrate(self, calls: int, batch: int = 262_144, progress: bool = True, exact: float | None = None,
                   replica_size: int = 10_000, stratify: bool = True, per_cube: int = 2,
-                  beta: float = 0.75) -> IntegrationResult:
+                  beta: float = 0.75, choose: bool = True) -> IntegrationResult:
         """Estimate the integral from ``calls`` fresh samples of the frozen sampler.
 
-        With ``stratify`` the batches are stratified draws in the flow's base space (see
-        :mod:`~nfapps.integration.stratify`): as many cubes per dimension as leave ``per_cube``
-        points per cube on average in a batch, at least two in every one, and the rest
-        allocated ∝ σ_h^β as measured on the earlier batches (VEGAS+'s adaptive stratification,
-        done where the flow has already made the weights nearly flat).
+        With ``stratify`` the batches are stratified draws in the sampler's base space (see
+        :mod:`~nfapps.integration.stratify`): as many cubes as leave ``per_cube`` points per cube
+        in a batch, at least two in every one, the rest allocated ∝ σ_h^β as measured on the
+        earlier batches (VEGAS+'s adaptive stratification, done where the flow has already made
+        the weights nearly flat).
+
+        With ``choose`` (and a trained flow) a pilot batch of calls/16 each is drawn from the flow
+        and from the plain uniform sampler; the one with the smaller variance per event draws the
+        estimate from the other calls. On a smooth, nearly flat integrand stratified uniform points
+        beat any flow, whose residual wiggles stratification cannot remove. The pilots only choose:
+        their values would bias the estimate (the chosen pilot is the one that came out with the
+        smaller spread), so they stay out of it and count as ``calls_pilot``.
         """
         if calls < 2 * self.world_size:
             raise ValueError(f"the estimate needs at least 2 calls per process, got {calls} for {self.world_size}")
         if per_cube < 2 or beta < 0:
             raise ValueError(f"need per_cube ≥ 2 (a cube's variance needs two points) and beta ≥ 0, got {per_cube}, {beta}")
-        tally, weights = Tally(), []
-        timings = {"sampler": 0.0, "integrand": 0.0}
         self.flow.eval()
-        strata = None
-        with tqdm(total=self._share(calls), desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
-            for counter, n in enumerate(batch_sizes(self._share(calls), max(batch, 2))):
-                if stratify and (strata is None or n < 2 * strata.cubes):  # the first batch, or a short last one
-                    cells = cells_per_dimension(n, self.dim, per_cube)
-                    strata = Strata(cells, beta, self.device) if max(cells) > 1 else None
-                counts = strata.allocate(n) if strata is not None else None
+        candidates = {"flow": self.flow}
+        share = self._share(calls)
+        pilot = min(batch, calls // 16 // self.world_size)
+        if choose and self.calls_training and pilot >= 2:
+            candidates["uniform"] = Flow(Compose(), BoxUniform(self.dim)).to(self.device)
+        plan = [(name, pilot) for name in candidates] if len(candidates) > 1 else []
+        plan += [(None, n) for n in batch_sizes(share - pilot * len(plan), max(batch, 2))]
+        tally, pilots = Tally(), {}
+        weights: list[np.ndarray] = []
+        strata: dict[str, Strata | None] = {name: None for name in candidates}
+        timings = {"sampler": 0.0, "integrand": 0.0}
+        chosen = None if plan and plan[0][0] is not None else "flow"
+        with tqdm(total=share, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
+            for counter, (name, n) in enumerate(plan):
+                if name is None and chosen is None:  # the pilots are done: every rank picks the same
+                    chosen = min(pilots, key=lambda key: _all_reduce(pilots[key]).std)
+                    logger.info("estimate: the %s sampler has the smaller variance per event; it draws the rest", chosen)
+                name = name or chosen
+                cells = cells_per_dimension(n, self.dim, per_cube) if stratify else [1]
+                if max(cells) > 1 and (strata[name] is None or strata[name].cells != cells):  # a new batch size
+                    strata[name] = Strata(cells, beta, self.device)
+                elif max(cells) == 1:
+                    strata[name] = None
+                stratum = strata[name]
+                counts = stratum.allocate(n) if stratum is not None else None
                 # a stream of its own: the estimate's points never coincide with training points
-                _, _, w, spent = self.draw(n, stream=1, counter=counter, strata=strata, counts=counts)
-                if strata is not None:
-                    strata.update(w, counts)
-                    w = strata.rescale(w, counts)
-                tally.add(w, counts if strata is not None else 1)
-                weights.append(w.cpu().numpy())
+                _, _, w, spent = self.draw(n, stream=1, counter=counter, strata=stratum, counts=counts,
+                                           flow=candidates[name])
+                if stratum is not None:
+                    stratum.update(w, counts)
+                    w = stratum.rescale(w, counts)
+                part = Tally().add(w, counts if stratum is not None else 1)
+                if chosen is None:
+                    pilots[name] = part
+                else:
+                    tally = tally.merge(part)
+                    weights.append(w.cpu().numpy())
                 for key in timings:
                     timings[key] += spent[key]
                 bar.update(n)
         tally = _all_reduce(tally)
+        calls_pilot = pilot * len(pilots) * self.world_size
         all_w = dist.all_gather_array(np.concatenate(weights))
         self.estimate_weights = all_w  # every rank's weights of this estimate, e.g. for a weight plot
         return IntegrationResult(
@@ -343,9 +378,10 @@ class Integrator:
             unweighting_efficiency_bootstrap=bootstrap_unweighting_efficiency(all_w, replica_size, seed=self.seed),
             bootstrap_replica_size=int(min(replica_size, all_w.size)),
             unweighting_efficiency_truncated=truncated_unweighting_efficiency(all_w, 1e-3),
-            calls_training=self.calls_training, calls_estimate=calls,
+            calls_training=self.calls_training, calls_estimate=calls - calls_pilot, calls_pilot=calls_pilot,
             time_integrand_s=timings["integrand"], time_sampler_s=timings["sampler"], time_training_s=self.time_training,
             peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device), tally=tally.to_dict(), exact=exact,
+            sampler=chosen,
         )
 
 
@@ -372,16 +408,18 @@ def integrate(
     estimate_batch: int = 262_144,
     replica_size: int = 10_000,
     stratify: bool = True,
+    choose: bool = True,
     **sampler: Any,
 ) -> IntegrationResult:
     """∫_box f(x) dx by neural importance sampling with ``calls`` integrand evaluations in all:
     ``training_fraction`` of them train the sampler, the rest feed the estimate (drawn
     ``estimate_batch`` at a time, stratified in the flow's base space unless ``stratify`` is
-    false; ``replica_size`` is the bootstrap unweighting efficiency's)."""
+    false, by the flow or by uniform points as pilots choose (``choose``, see
+    :meth:`Integrator.integrate`); ``replica_size`` is the bootstrap unweighting efficiency's)."""
     if not 0 <= training_fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
     integrator = Integrator(f, dim, bounds, device=device, seed=seed, **sampler)
     train_calls = int(calls * training_fraction)
     integrator.train(train_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=train_calls)
     return integrator.integrate(calls - integrator.calls_training, batch=estimate_batch, progress=progress, exact=exact,
-                                replica_size=replica_size, stratify=stratify)
+                                replica_size=replica_size, stratify=stratify, choose=choose)

@@ -61,7 +61,7 @@ def _library_defaults() -> dict[str, Any]:
     run = inspect.signature(integrate).parameters
     sampler = inspect.signature(Integrator).parameters
     defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
-                                                   "replica_size", "stratify")}
+                                                   "replica_size", "stratify", "choose")}
     defaults.update({key: sampler[key].default for key in ("bins", "transforms", "pre_map")})
     defaults["hidden"] = list(sampler["hidden"].default)
     return defaults
@@ -337,10 +337,10 @@ def _plot_weights(path: Path, histogram: _WeightHistogram, result: dict[str, Any
 
 
 def _estimate(integrator: Integrator, calls: int, exact: float | None, progress: bool, batch: int, replica_size: int,
-              stratify: bool):
+              stratify: bool, choose: bool):
     """Integrator.integrate, with a histogram of its weights for the weight plot."""
     result = integrator.integrate(calls, batch=batch, progress=progress, exact=exact, replica_size=replica_size,
-                                  stratify=stratify)
+                                  stratify=stratify, choose=choose)
     histogram = _WeightHistogram()
     histogram.add(torch.as_tensor(integrator.estimate_weights))
     return result, histogram
@@ -381,6 +381,7 @@ def run_integration(
     estimate_batch: int | None = None,
     replica_size: int | None = None,
     stratify: bool | None = None,
+    choose: bool | None = None,
     chunks: int | None = None,
     on_chunk: Callable[[int, Integrator], None] | None = None,
 ) -> dict[str, Any]:
@@ -407,7 +408,7 @@ def run_integration(
         "integrand": integrand, "dim": dim, "bounds": bounds, "calls": calls, "training_fraction": training_fraction,
         "batch": batch, "loss": loss, "reuse": reuse, "lr": lr, "seed": seed, "bins": bins, "transforms": transforms,
         "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "estimate_batch": estimate_batch,
-        "replica_size": replica_size, "stratify": stratify, "chunks": chunks, "events": events,
+        "replica_size": replica_size, "stratify": stratify, "choose": choose, "chunks": chunks, "events": events,
         "unweighted": unweighted,
     }
     if out.exists() and not out.is_dir():
@@ -453,8 +454,9 @@ def run_integration(
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
     if not 0 <= fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {fraction}")
-    if not isinstance(settings["stratify"], bool):
-        raise ValueError(f"stratify must be true or false, got {settings['stratify']!r}")
+    for flag in ("stratify", "choose"):
+        if not isinstance(settings[flag], bool):
+            raise ValueError(f"{flag} must be true or false, got {settings[flag]!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if loss not in LOSSES:
@@ -510,7 +512,7 @@ def run_integration(
 
     # -- estimate from fresh samples
     result, histogram = _estimate(integrator, calls_estimate, resolved.exact, progress, settings["estimate_batch"],
-                                  settings["replica_size"], settings["stratify"])
+                                  settings["replica_size"], settings["stratify"], settings["choose"])
     record = _finite(result.to_dict())
     title = f"{resolved.spec}, d = {resolved.dim}"
     _write_sampler(out / SAMPLER_FILE, integrator, resolved, record)
