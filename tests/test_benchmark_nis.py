@@ -78,13 +78,15 @@ def test_no_vegas_runs_nfapps_alone(nis, tmp_path):
 
 
 def test_targets_judge_the_issue_thresholds(nis):
-    def row(name, rsd_n, rsd_v, eff_ratio=3.0):
+    def row(name, rsd_n, rsd_v, eff_ratio=3.0, pull=0.5):
         f = nis.INTEGRANDS[name]
         return {"integrand": name, "dim": f.dim, "group": nis.group(f),
-                "nfapps": {"relative_std": rsd_n}, "vegas": {"relative_std": rsd_v},
+                "nfapps": {"relative_std": rsd_n, "pull": pull}, "vegas": {"relative_std": rsd_v},
                 "variance_ratio": (rsd_v / rsd_n) ** 2, "efficiency_ratio": dict.fromkeys(nis.EFFICIENCIES, eff_ratio)}
 
-    rows = [row("camel-8", 0.25, 1.7), row("gaussian-4", 0.5, 0.2), row("circles", 0.1, 0.2, eff_ratio=1.5)]
+    # camel-16 missed a mode: a small spread around a wrong value passes nothing
+    rows = [row("camel-8", 0.25, 1.7), row("gaussian-4", 0.5, 0.2), row("circles", 0.1, 0.2, eff_ratio=1.5),
+            row("camel-16", 0.14, 23.8, eff_ratio=100, pull=-4700)]
     pulls = {"nfapps": {"pooled": {"n": 1000, "mean": 0.02, "std": 1.0, "coverage_1sigma": 0.69,
                                    "coverage_2sigma": 0.95, "max_abs": 3.9}}}
     out = nis.check_targets(rows, pulls, 100, [{"dim": 16, "batch": 65536, "us_per_point": 6.0}])
@@ -96,5 +98,9 @@ def test_targets_judge_the_issue_thresholds(nis):
     assert verdict[("unweighting eff. / VEGAS's", "camel-8")] is True
     assert verdict[("unweighting eff. / VEGAS's", "circles")] is False
     assert verdict[("relative std per event", "camel-4")] is None  # not run
+    assert verdict[("|pull| of the estimate", "camel-16")] is False and verdict[("|pull| of the estimate", "camel-8")]
+    assert verdict[("relative std per event", "camel-16")] is False  # 0.14 ≤ 1.5, but the answer is wrong
+    assert verdict[("variance ratio VEGAS/nfapps", "camel-16")] is False
+    assert verdict[("unweighting eff. / VEGAS's", "camel-16")] is False
     assert all(t["passed"] for t in out["rows"] if t["target"].startswith("pulls"))
     assert verdict[("sampler µs/point", "d=16")] is False
