@@ -19,6 +19,16 @@ def nis():
 
 def test_quick_run_writes_every_field_and_honest_estimates(nis, tmp_path):
     result = nis.main(["--quick", "--out", str(tmp_path)])
+    # the suite split over two processes merges into one judged table
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    for path, keep in ((first, 0), (second, 1)):
+        part = json.loads((tmp_path / "nis.json").read_text())
+        part["integrands"] = [part["integrands"][keep]]
+        path.write_text(json.dumps(part))
+    merged = nis.main(["--quick", "--merge", str(first), str(second), "--out", str(tmp_path / "merged"), "--no-plot"])
+    assert [r["integrand"] for r in merged["integrands"]] == list(nis.QUICK_INTEGRANDS)
+    assert merged["integrands"] == json.loads(json.dumps(result["integrands"], default=float))
+    assert merged["targets"]["measured"] == result["targets"]["measured"]
     written = json.loads((tmp_path / "nis.json").read_text())
     assert (tmp_path / "nis.png").stat().st_size > 0
     assert written["settings"]["calls"] == result["settings"]["calls"] == 20_000

@@ -517,6 +517,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-vegas", action="store_true", help="run nfapps only")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 integrands, 2e4 calls, small sampler timings")
     p.add_argument("--no-plot", action="store_true", help="do not write nis.png")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="NIS_JSON",
+                   help="run nothing but the sampler timing: merge the records of these nis.json files (the suite "
+                        "split over processes) into one table, JSON and plot, judged against the targets together")
     return p.parse_args(argv)
 
 
@@ -557,8 +560,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     warm_up(s)
     seeds = [s.seed + k for k in range(max(s.pulls, 1))]
     runs: list[dict[str, Any]] = []
+    if args.merge:  # the suite was split over processes: their records, re-judged together
+        parts = [json.loads(Path(path).read_text()) for path in args.merge]
+        methods = tuple(parts[0]["methods"])
+        s = Settings(**{**parts[0]["settings"], "threads": s.threads, "sampler_batches": s.sampler_batches,
+                        "sampler_dims": s.sampler_dims, "repeats": s.repeats})
+        for part in parts:
+            runs += part["runs"] or part["integrands"]
+        seeds = sorted({r["seed"] for r in runs})
+        names = []
     for seed in seeds:
-        for name in names:
+        for name in names:  # none when merging
             f = INTEGRANDS[name]
             run: dict[str, Any] = {"integrand": name, "dim": f.dim, "group": group(f), "exact": f.exact, "seed": seed}
             run["nfapps"] = run_nfapps(f, s, seed)
