@@ -469,8 +469,14 @@ def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str
     width = 0.8 / len(methods)
     x = np.arange(len(rows))
     for j, m in enumerate(methods):
-        ax.bar(x + (j - (len(methods) - 1) / 2) * width, [r[m]["relative_std"] for r in rows], width,
-               label="VEGAS+" if m == "vegas" else m)
+        bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, [r[m]["relative_std"] for r in rows], width,
+                      label="VEGAS+" if m == "vegas" else m)
+        for bar, r in zip(bars, rows):
+            if abs(r[m]["pull"]) > PULL_MAX:  # a small spread around a wrong value: mark it, it is no win
+                bar.set_hatch("xx")
+                bar.set_edgecolor("red")
+                ax.annotate(f"wrong: pull {r[m]['pull']:+.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7, color="red", rotation=90)
     for i, r in enumerate(rows):
         if r["integrand"] in TARGET_RELATIVE_STD:
             ax.plot([i - 0.45, i + 0.45], [TARGET_RELATIVE_STD[r["integrand"]]] * 2, "k--", lw=1,
