@@ -254,3 +254,10 @@ def test_the_pilots_choose_uniform_points_for_a_nearly_flat_integrand():
         assert result.calls_training + result.calls_pilot + result.calls_estimate == 60_000
         assert result.tally["n"] == result.calls_estimate and abs(result.pull) < 4
     assert integrate(gaussian, 2, calls=60_000, batch=1024, seed=2, progress=False, choose=False).calls_pilot == 0
+
+
+def test_a_float64_sampler_gets_float64_stratified_points():
+    flow = NSF(2, bins=4, transforms=2, hidden=(8,), bounded=True).double()
+    integrator = Integrator(gaussian, 2, flow=flow, seed=0)
+    result = integrator.integrate(4096, progress=False, exact=math.erf(1 / (2 * ALPHA)) ** 2)
+    assert abs(result.pull) < 4 and result.tally["n"] == 4096

@@ -179,7 +179,10 @@ class Integrator:
         t0 = time.perf_counter()
         with torch.no_grad():
             flow = self.flow if flow is None else flow
-            z = strata.points(counts, generator) if strata is not None else flow.base.sample(n, generator=generator)
+            if strata is not None:
+                z = strata.points(counts, generator).to(flow._anchor.dtype)  # a float64 flow gets float64 points
+            else:
+                z = flow.base.sample(n, generator=generator)
             # through the flow a few thousand points at a time: a quarter-million at once runs out of cache
             pieces = [flow.from_base(piece) for piece in z.split(SAMPLER_CHUNK)]
             u, log_q = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])

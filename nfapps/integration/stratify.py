@@ -93,7 +93,8 @@ class Strata:
         return counts + 2
 
     def points(self, counts: Tensor, generator: torch.Generator) -> Tensor:
-        """counts[h] uniform points in cube h, cube by cube (float32, like the flow's base)."""
+        """counts[h] uniform points in cube h, cube by cube (computed in float64, returned as float32,
+        the default flows' dtype; cast them for a float64 flow)."""
         h = torch.repeat_interleave(torch.arange(self.cubes, device=self.device), counts.to(self.device))
         digits = torch.stack([(h // stride) % m for stride, m in zip(self._strides, self.cells)], dim=1)
         u = torch.rand((len(h), self.dim), generator=generator, device=self.device, dtype=torch.float64)
