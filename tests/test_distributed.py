@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 import torch.distributed
-from conftest import import_script
+from conftest import import_script, torchrun
 
 import nfapps.distributed as dist
 
@@ -74,12 +72,7 @@ if __name__ == "__main__":
 def test_torchrun_two_processes_match_single_process(tmp_path):
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-4000:]
+    torchrun(str(script), str(tmp_path))
 
     module = import_script(script, "ddp_script")
     sys.modules.pop("ddp_script", None)

@@ -2,13 +2,11 @@
 and their tallies combine into one estimate."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.distributed
+from conftest import torchrun
 
 from nfapps.integration.estimate import Tally
 from nfapps.integration.integrator import Integrator
@@ -46,12 +44,7 @@ def _torchrun(tmp_path, train_calls):
     script = tmp_path / "nis_script.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"result-{train_calls}.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(out), str(train_calls)]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-4000:]
+    torchrun(str(script), str(out), str(train_calls))
     return json.loads(out.read_text())
 
 
