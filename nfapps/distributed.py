@@ -106,6 +106,14 @@ def all_gather_array(array: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel (gradients averaged over the processes),
+    on this process's GPU under NCCL; the module itself outside a process group."""
+    if world_size() == 1:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
@@ -119,4 +127,5 @@ def barrier() -> None:
             dist.barrier()
 
 
-__all__ = ["launched", "init", "rank", "world_size", "is_main", "all_reduce_sum", "all_reduce_max", "all_gather_array", "barrier"]
+__all__ = ["launched", "init", "rank", "world_size", "is_main", "data_parallel", "all_reduce_sum", "all_reduce_max",
+           "all_gather_array", "barrier"]

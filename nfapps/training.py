@@ -185,7 +185,7 @@ def fit(
             flow.train()
             with torch.no_grad():
                 flow(*_rows(train, first, device))
-        model = torch.nn.parallel.DistributedDataParallel(flow, device_ids=[device.index] if device.type == "cuda" else None)
+        model = dist.data_parallel(flow, device)
 
     show = progress and dist.is_main()
     validate, flow.validate = flow.validate, False  # the data were checked once, up front

@@ -563,7 +563,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     methods = METHODS if vegas_version else METHODS[:1]
     log.info("settings: %s; integrands: %s; torch %s, vegas %s", asdict(s), names, torch.__version__, vegas_version)
 
-    warm_up(s)
     seeds = [s.seed + k for k in range(max(s.pulls, 1))]
     runs: list[dict[str, Any]] = []
     if args.merge:  # the suite was split over processes: their records, re-judged together
@@ -574,9 +573,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for part in parts:
             runs += part["runs"] or part["integrands"]
         seeds = sorted({r["seed"] for r in runs})
-        names = []
-    for seed in seeds:
-        for name in names:  # none when merging
+    else:
+        warm_up(s)
+    for seed in seeds if not args.merge else ():
+        for name in names:
             f = INTEGRANDS[name]
             run: dict[str, Any] = {"integrand": name, "dim": f.dim, "group": group(f), "exact": f.exact, "seed": seed}
             run["nfapps"] = run_nfapps(f, s, seed)

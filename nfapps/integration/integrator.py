@@ -196,17 +196,6 @@ class Integrator:
         """This rank's part of a global count: ⌊total/W⌋, plus one for the first total mod W ranks."""
         return total // self.world_size + (self.rank < total % self.world_size)
 
-    def _data_parallel(self) -> torch.nn.Module:
-        """The flow, wrapped in DDP when data-parallel.
-
-        The wrapper lives for one :meth:`train` call only: a DDP reducer that outlives the
-        process group (torn down at exit) can abort the process as the interpreter shuts down.
-        """
-        if self.world_size == 1:
-            return self.flow
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(self.flow, device_ids=device_ids)
-
     # -- training --------------------------------------------------------------------------------
     def train(
         self,
@@ -235,7 +224,9 @@ class Integrator:
         steps = calls // batch
         started = time.perf_counter()
         self.flow.train()
-        model = self._data_parallel()
+        # a wrapper for this call only: a DDP reducer that outlives the process group (torn down
+        # at exit) can abort the process as the interpreter shuts down
+        model = dist.data_parallel(self.flow, self.device) if self.world_size > 1 else self.flow
         for step in tqdm(range(steps), desc="train sampler", unit="batch", disable=not progress):
             if schedule_calls:
                 done = min((self.calls_training + step * batch) / schedule_calls, 1.0)
@@ -341,7 +332,7 @@ class Integrator:
         weights: list[np.ndarray] = []
         strata: dict[str, Strata | None] = {name: None for name in candidates}
         timings = {"sampler": 0.0, "integrand": 0.0}
-        chosen = None if plan and plan[0][0] is not None else "flow"
+        chosen = None if len(candidates) > 1 else "flow"  # None until the pilots have spoken
         with tqdm(total=share, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
             for counter, (name, n) in enumerate(plan):
                 if name is None and chosen is None:  # the pilots are done: every rank picks the same
