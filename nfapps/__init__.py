@@ -11,7 +11,7 @@ The engine in one screen::
 __version__ = "0.1.0"
 
 from .atomic import FlowFileError
-from .builders import MAF, NSF, RealNVP
+from .builders import MAF, NSF, RealNVP, VegasGrid
 from .device import resolve_device
 from .distributions import BoxUniform, StandardNormal
 from .flow import Flow
@@ -24,6 +24,6 @@ from .transforms.base import Compose, Inverse, Transform
 
 __all__ = [
     "Flow", "Transform", "Compose", "Inverse", "StandardNormal", "BoxUniform",
-    "RealNVP", "NSF", "MAF", "Glow", "register_builder",
+    "RealNVP", "NSF", "MAF", "Glow", "VegasGrid", "register_builder",
     "fit", "History", "save", "load", "FlowFileError", "resolve_device", "integrate",
 ]

@@ -15,6 +15,8 @@ MAF        autoregressive (MADE)                   affine, or rational-quadratic
 uniform base: the sampler of neural importance sampling. A VEGAS-like separable adaptive grid is
 ``Elementwise(d, PiecewiseLinearMap(K))`` (a learnable K-bin histogram per dimension);
 ``NSF(d, bounded=True, pre_map=K)`` applies one to the data before the couplings.
+``VegasGrid(d, bins=K)`` is VEGAS's own map as a flow on [0, 1]^d: a K-bin grid per dimension
+with equal probability per bin, adapted by VEGAS's rule (not by gradients).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .transforms.autoregressive import MaskedAutoregressive
 from .transforms.base import Compose, Transform
 from .transforms.coupling import Coupling, coupling_mask
 from .transforms.elementwise import Elementwise
+from .transforms.grid import AdaptiveGrid
 from .transforms.maps import AffineMap, ElementwiseMap, SplineMap
 from .transforms.permutations import RandomPermutation
 from .transforms.piecewise import PiecewiseLinearMap
@@ -158,3 +161,11 @@ def MAF(
         raise ValueError(f"elementwise must be 'affine' or 'spline', got {elementwise!r}")
     layers = _autoregressive_stack(features, context, transforms, tau, hidden, activation)
     return _flow(layers, features, context, bounded)
+
+
+@register_builder("VegasGrid")
+def VegasGrid(features: int, bins: int = 128, alpha: float = 0.5) -> Flow:
+    """A VEGAS map (Lepage 1978) as a flow on [0, 1]^d: x = grid(u), u uniform, with ``bins``
+    equal-probability bins per dimension and damping ``alpha`` of its adaptation
+    (:class:`~nfapps.transforms.grid.AdaptiveGrid`, adapted by ``accumulate``/``refine``)."""
+    return Flow(Compose(AdaptiveGrid(features, bins, alpha)), BoxUniform(features))

@@ -93,12 +93,16 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--transforms", type=int, help="coupling layers of the sampler (default: 2⌈log2 dim⌉, at least 2)")
     p.add_argument("--hidden", type=int, nargs="+", metavar="H",
                    help=f"hidden layer widths (default: {' '.join(map(str, DEFAULTS['hidden']))})")
-    p.add_argument("--pre-map", type=int, help=f"bins of the sampler's VEGAS-like pre-map, 0 for none (default: {DEFAULTS['pre_map']})")
+    p.add_argument("--pre-map", type=int, help=f"bins of the flow's learnable per-dimension pre-map, 0 for none (default: {DEFAULTS['pre_map']})")
+    p.add_argument("--grid", type=int,
+                   help=f"bins per dimension of the VEGAS grid adapted beside the flow, 0 for none (default: {DEFAULTS['grid']})")
+    p.add_argument("--grid-fraction", type=float,
+                   help=f"fraction of the training calls that adapt the grid (default: {DEFAULTS['grid_fraction']})")
     p.add_argument("--estimate-batch", type=int, help=f"points per batch of the estimate (default: {DEFAULTS['estimate_batch']})")
     p.add_argument("--no-stratify", dest="stratify", action="store_false", default=None,
                    help="estimate from independent draws instead of draws stratified in the sampler's base space")
     p.add_argument("--no-choose", dest="choose", action="store_false", default=None,
-                   help="always estimate with the trained flow (by default pilots choose between it and uniform points)")
+                   help="always estimate with the trained flow (by default pilots choose between it, the grid and uniform points)")
     p.add_argument("--replica-size", type=int,
                    help=f"replica size of the bootstrap unweighting efficiency (default: {DEFAULTS['replica_size']:,})")
     p.add_argument("--events", type=int, help="also write this many events to events.h5 (default: none)")
@@ -126,6 +130,7 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                 lr=args.lr, seed=args.seed, device=args.device, out=out, resume=args.resume, events=args.events,
                 unweighted=None if args.weighted is None else not args.weighted, progress=not args.quiet,
                 bins=args.bins, transforms=args.transforms, hidden=args.hidden, pre_map=args.pre_map,
+                grid=args.grid, grid_fraction=args.grid_fraction,
                 estimate_batch=args.estimate_batch, replica_size=args.replica_size, stratify=args.stratify,
                 choose=args.choose,
             )

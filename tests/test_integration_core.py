@@ -140,15 +140,35 @@ def test_pulls_over_seeds_are_standard_normal(stratify):
 
 def test_training_reduces_the_variance_and_the_estimate_stays_right():
     exact = math.erf(1 / (2 * ALPHA)) ** 2
-    # unstratified, to see what the training alone does (in 2-D stratification alone does a lot)
+    # unstratified, to see what the training alone does (in 2-D stratification alone does a lot);
+    # no grid, which would win on this separable integrand and end the flow's training early
     before = Integrator(gaussian, 2, seed=1).integrate(20_000, progress=False, stratify=False)
     result = integrate(gaussian, 2, calls=80_000, training_fraction=0.5, batch=1024, reuse=4, lr=3e-3,
-                       seed=1, progress=False, exact=exact, stratify=False)
+                       seed=1, progress=False, exact=exact, stratify=False, grid=0)
     print(f"relative std per event: untrained {before.relative_std:.3f}, trained {result.relative_std:.3f}")
     assert result.relative_std < before.relative_std / 3
     assert abs(result.pull) < 4
-    assert result.calls_training == 39 * 1024 and result.calls_estimate + result.calls_pilot == 80_000 - 39 * 1024
-    assert result.sampler == "flow" and result.calls_pilot == 2 * ((80_000 - 39 * 1024) // 16)
+    assert result.calls_grid == 0 and result.calls_training == 39 * 1024
+    assert result.calls_estimate + result.calls_pilot == 80_000 - 39 * 1024
+    assert result.sampler == "flow" and result.calls_pilot == 2 * ((80_000 - 39 * 1024) // 16)  # flow, uniform
+
+
+def test_the_grid_adapts_first_and_a_flow_that_loses_to_it_stops_training():
+    """On a separable integrand the grid wins: a fifth of the training calls adapt it, the flow
+    trains on the rest until a quarter of its schedule shows it still varies more than the grid,
+    and every call it did not spend goes to the estimate, which the grid then draws."""
+    exact = math.erf(1 / (2 * ALPHA)) ** 4
+    integrator = Integrator(lambda x: gaussian(x[:, :2]) * gaussian(x[:, 2:]), 4, seed=1, device="cpu")
+    integrator.adapt_grid(16_000, progress=False)
+    assert integrator.calls_grid == 16_000 and [r["phase"] for r in integrator.history] == ["grid"] * 12
+    assert integrator.history[-1]["relative_std"] < integrator.history[0]["relative_std"] / 3
+    integrator.train(64 * 1024, batch=1024, progress=False, schedule_calls=64 * 1024)
+    flow_batches = [r for r in integrator.history if r["phase"] == "flow"]
+    assert integrator.stopped and 16 <= len(flow_batches) < 64 and integrator.calls_training == 1024 * len(flow_batches)
+    assert integrator.train(1024, progress=False, schedule_calls=64 * 1024) and integrator.calls_training == 1024 * len(flow_batches)
+    result = integrator.integrate(200_000 - 16_000 - integrator.calls_training, progress=False, exact=exact)
+    assert result.sampler == "grid" and abs(result.pull) < 4
+    assert result.calls_training + result.calls_pilot + result.calls_estimate == 200_000
 
 
 def test_box_bounds_and_signed_integrands():
@@ -244,13 +264,23 @@ def test_stratified_error_matches_the_known_variance():
     assert abs(strata.pull) < 4 and abs(plain.pull) < 4
 
 
-def test_the_pilots_choose_uniform_points_for_a_nearly_flat_integrand():
-    """On 1 + x₀/10 stratified uniform points leave almost no variance, a trained flow's wiggles
-    leave more: the pilots pick the uniform sampler there, and the flow for a narrow peak."""
+def _ridge(x):
+    """A narrow ridge along the diagonal of the unit square: exp(−(x₀ − x₁)²/(2σ²)), σ = 0.05."""
+    return torch.exp(-(x[:, 0] - x[:, 1]) ** 2 / (2 * 0.05**2))
+
+
+RIDGE_EXACT = math.sqrt(2 * math.pi) * 0.05 * math.erf(1 / (math.sqrt(2) * 0.05)) - 2 * 0.05**2 * (1 - math.exp(-1 / (2 * 0.05**2)))
+
+
+def test_the_pilots_choose_the_sampler_that_suits_the_integrand():
+    """On 1 + x₀/10 stratified uniform points leave almost no variance (a trained sampler's
+    wiggles leave more); a product of peaks is separable, the VEGAS grid's; a diagonal ridge
+    is correlated, which only the flow follows."""
     flat = integrate(lambda x: 1 + x[:, 0] / 10, 2, calls=60_000, batch=1024, seed=2, progress=False, exact=1.05)
     peak = integrate(gaussian, 2, calls=60_000, batch=1024, seed=2, progress=False, exact=math.erf(1 / (2 * ALPHA)) ** 2)
-    assert flat.sampler == "uniform" and peak.sampler == "flow"
-    for result in (flat, peak):
+    ridge = integrate(_ridge, 2, calls=60_000, batch=1024, seed=2, progress=False, exact=RIDGE_EXACT)
+    assert (flat.sampler, peak.sampler, ridge.sampler) == ("uniform", "grid", "flow")
+    for result in (flat, peak, ridge):
         assert result.calls_training + result.calls_pilot + result.calls_estimate == 60_000
         assert result.tally["n"] == result.calls_estimate and abs(result.pull) < 4
     assert integrate(gaussian, 2, calls=60_000, batch=1024, seed=2, progress=False, choose=False).calls_pilot == 0

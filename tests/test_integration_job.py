@@ -56,14 +56,17 @@ def test_run_directory_holds_result_sampler_plots_history_and_events(finished, c
     assert result["integrand"] == "gaussian-2" and result["builtin"] and result["exact"] == f.exact
     assert result["settings"]["seed"] == 1 and result["settings"]["calls"] == 20_000
     r = result["result"]
-    assert r["calls_training"] == 19 * 512 and r["calls_estimate"] + r["calls_pilot"] == 20_000 - 19 * 512
+    # 10 000 training calls: 2 000 adapt the grid (one refinement: 10 points per bin of 128 at least),
+    # the flow gets the rest, in whole batches
+    assert r["calls_grid"] == 2000 and r["calls_training"] == 2000 + 15 * 512
+    assert r["calls_estimate"] + r["calls_pilot"] == 20_000 - r["calls_training"]
     assert result["pull"] == pytest.approx((r["value"] - f.exact) / r["error"]) and abs(result["pull"]) < 5
     assert r["bootstrap_replica_size"] == min(10_000, r["calls_estimate"]) and r["device"] == "cpu"
     assert 0 < r["unweighting_efficiency"] <= r["unweighting_efficiency_truncated"] <= 1
     for plot in ("training.png", "weights.png"):
         assert (finished / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((finished / "history.csv").open()))
-    assert len(rows) == 19 and int(rows[-1]["training_calls"]) == 19 * 512
+    assert [row["phase"] for row in rows] == ["grid"] + ["flow"] * 15 and int(rows[-1]["training_calls"]) == 2000 + 15 * 512
     assert float(rows[-1]["relative_std"]) < float(rows[0]["relative_std"])
     # The sampler reloads as a plain flow on [0, 1]^2 and gives the estimate's weights again.
     sampler = nfapps.load(finished / "sampler.nfapps")

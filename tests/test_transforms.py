@@ -21,9 +21,20 @@ from nfapps.transforms.coupling import Coupling, coupling_mask
 from nfapps.transforms.elementwise import Affine, Elementwise, Logit, Sigmoid
 from nfapps.transforms.maps import AffineMap, SplineMap
 from nfapps.transforms.permutations import RandomPermutation, ReversePermutation
+from nfapps.transforms.grid import AdaptiveGrid
 from nfapps.transforms.piecewise import PiecewiseLinearMap, PiecewiseQuadraticMap
 
 D, C = 5, 3  # features, context width
+
+
+def _adapted_grid():
+    """A VEGAS grid refined twice on a peak at 0.3 (its edges are no longer evenly spaced)."""
+    grid = AdaptiveGrid(D, bins=6)
+    x = torch.rand(4000, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for _ in range(2):
+        grid.accumulate(x, torch.exp(-((x - 0.3) ** 2).sum(dim=1) / 0.1))
+        grid.refine()
+    return grid
 
 
 def _cases():
@@ -44,6 +55,7 @@ def _cases():
         ("autoregressive-piecewise-quadratic-ctx", lambda: MaskedAutoregressive(D, PiecewiseQuadraticMap(4), C, (24,), order=[3, 1, 4, 0, 2]), C, "unit"),
         ("elementwise-piecewise-linear", lambda: Elementwise(D, PiecewiseLinearMap(7)), 0, "unit"),
         ("elementwise-piecewise-quadratic-ctx", lambda: Elementwise(D, PiecewiseQuadraticMap(5), C), C, "unit"),
+        ("adaptive-grid", _adapted_grid, 0, "unit"),
         ("elementwise-affine-ctx", lambda: Elementwise(D, AffineMap(), C), C, "real"),
         ("reverse", lambda: ReversePermutation(D), 0, "real"),
         ("random-permutation", lambda: RandomPermutation(D, seed=3), 0, "real"),

@@ -6,9 +6,12 @@ integrated by both methods with ``--calls`` integrand evaluations in all, traini
 =======  ==============================================================================
 method   how the budget is spent
 =======  ==============================================================================
-nfapps   ``integrate(f, d, calls=N, training_fraction=τ, …)`` with the default sampler (a
-         bounded rational-quadratic spline flow): ⌊τN / batch⌋ batches train it, the rest of
-         the N calls feed the estimate from fresh samples of the frozen flow
+nfapps   ``integrate(f, d, calls=N, training_fraction=τ, …)`` with the default samplers: of
+         the τN training calls a fifth adapt a VEGAS grid (25 iterations), the rest train a
+         bounded rational-quadratic spline flow in batches (tempered while its weights are
+         degenerate; stopped early if it still loses to the grid a quarter of the way in);
+         pilots (an eighth of the rest) choose the flow, the grid or uniform points, which
+         draws the estimate from the remaining calls, stratified, fresh
 VEGAS+   ``vegas.Integrator([[0, 1]] * d)`` (defaults: α = 0.5, β = 0.75) adapts for
          ``--vegas-iterations`` iterations of τN / iterations calls; then one final iteration
          with ``adapt=False`` spends what is left of N. The final either keeps the adapted
@@ -417,7 +420,7 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dict[str, Any] | None,
                  cost: list[dict[str, Any]], methods: Sequence[str]) -> str:
-    head = (f"{'integrand':<14}{'d':>3} {'method':<7}{'estimate':>13}{'true rel':>10}{'rep rel':>9}{'pull':>7}"
+    head = (f"{'integrand':<14}{'d':>3} {'method':<7}{'sampler':<8}{'estimate':>13}{'true rel':>10}{'rep rel':>9}{'pull':>7}"
             f"{'rsd/event':>11}{'var V/N':>9}{'ESS/N':>7}{'eff':>8}{'eff bs':>8}{'eff tr':>8}{'wall s':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -426,13 +429,15 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
             ratio = _fmt(r.get("variance_ratio"), ".3g") if m == "nfapps" and "vegas" in r else ""
             lines.append(
                 f"{r['integrand'] if m == methods[0] else '':<14}{r['dim'] if m == methods[0] else '':>3} {m:<7}"
+                f"{x.get('sampler', 'grid') if m == 'nfapps' else 'grid':<8}"
                 f"{x['value']:>13.6g}{x['true_relative_error']:>10.2e}{x['reported_relative_error']:>9.2e}"
                 f"{x['pull']:>7.2f}{x['relative_std']:>11.4g}{ratio:>9}"
                 f"{x['effective_sample_size'] / x['calls_estimate']:>7.3f}{x['unweighting_efficiency']:>8.4f}"
                 f"{x['unweighting_efficiency_bootstrap']:>8.4f}{x['unweighting_efficiency_truncated']:>8.4f}"
                 f"{x['wall_s']:>8.3g}"
             )
-    lines += ["", "rsd/event = σ·√N/|I| (N: the estimate's calls); var V/N = (rsd VEGAS / rsd nfapps)²: > 1, nfapps better;",
+    lines += ["", "sampler: what drew the estimate — nfapps' pilots choose the flow, its VEGAS grid or uniform points;",
+              "rsd/event = σ·√N/|I| (N: the estimate's calls); var V/N = (rsd VEGAS / rsd nfapps)²: > 1, nfapps better;"
               "eff = ⟨w⟩/max w, eff bs = bootstrap (replicas of ≤ 10⁴ weights), eff tr = truncated at δ = 1e-3 overweight."]
     if "vegas" in methods:
         lines.append("VEGAS+ final: " + ", ".join(f"{r['integrand']} {r['vegas']['final_strategy']}" for r in rows))

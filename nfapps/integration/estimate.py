@@ -168,3 +168,28 @@ def truncated_unweighting_efficiency(w: Tensor | np.ndarray, overweight: float =
     w = np.abs(np.asarray(w, dtype=np.float64))
     cap = overweight_cap(w, overweight)
     return float(np.minimum(w, cap).mean() / cap) if cap > 0 else 0.0
+
+
+#: Above this Pareto shape the weights' variance (and an error bar from it) cannot be trusted
+#: at the sample size at hand (Vehtari et al., "Pareto smoothed importance sampling", 2024).
+PARETO_K_RELIABLE = 0.7
+
+
+def pareto_tail_index(w: Tensor | np.ndarray) -> float:
+    """Shape k̂ of a generalised Pareto distribution fitted (scipy, maximum likelihood) to the
+    excesses of the M = min(N/5, 3√N) largest |w| over the next one: the tail diagnostic of
+    Pareto-smoothed importance sampling. The weights have 1/k̂ finite moments: k̂ < 0.5 means a
+    finite variance and a central limit at work; above :data:`PARETO_K_RELIABLE` the sample
+    variance badly underestimates the true one at this N, so a sampler's measured spread (and
+    an estimate's error bar) says little. NaN where fewer than 20 tail points or no spread."""
+    from scipy import stats
+
+    w = np.sort(np.abs(np.asarray(w, dtype=np.float64)))
+    m = int(min(0.2 * w.size, 3 * math.sqrt(w.size)))
+    if m < 20:
+        return math.nan
+    excess = w[-m:] - w[-m - 1]
+    if not excess[-1] > 0 or not np.isfinite(excess).all():
+        return math.nan
+    shape, _, _ = stats.genpareto.fit(excess / excess[-1], floc=0)  # scaled: the fit is scale-free
+    return float(shape)

@@ -166,7 +166,7 @@ def generate_events(
     if flow.event_shape != (integrand.dim,):
         raise ValueError(f"the sampler {sampler_name} draws {flow.event_shape[0]}-dimensional points, "
                          f"but the integrand {integrand.spec} has dimension {integrand.dim}")
-    integrator = Integrator(integrand.f, integrand.dim, integrand.bounds, flow=flow, device=device, seed=seed)
+    integrator = Integrator(integrand.f, integrand.dim, integrand.bounds, flow=flow, device=device, seed=seed, grid=0)
     integrator.flow.eval()
     tally = Tally()
 

@@ -32,15 +32,17 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from ..atomic import dump, load_container
-from ..builders import NSF
+from ..builders import NSF, VegasGrid
 from ..device import resolve_device
 from ..distributions import BoxUniform
 from ..flow import Flow
 from ..transforms.base import Compose
 from ..serialization import flow_from_payload, flow_payload
 from .estimate import (
+    PARETO_K_RELIABLE,
     Tally,
     batch_sizes,
+    pareto_tail_index,
     bootstrap_unweighting_efficiency,
     truncated_unweighting_efficiency,
     unweighting_efficiency,
@@ -52,8 +54,9 @@ logger = logging.getLogger(__name__)
 
 LOSSES = ("variance", "kl")
 
-#: Points pushed through the flow at once when drawing (per-point cost is lowest around here on a CPU).
-SAMPLER_CHUNK = 8192
+#: Points pushed through the flow at once when drawing (per-point cost is lowest around here on a
+#: CPU: at 8192 the spline intermediates no longer fit in cache, 1.3–1.7× slower).
+SAMPLER_CHUNK = 4096
 
 
 @dataclass
@@ -68,7 +71,7 @@ class IntegrationResult:
     unweighting_efficiency_bootstrap: float
     bootstrap_replica_size: int
     unweighting_efficiency_truncated: float  # overweight δ = 1e-3
-    calls_training: int
+    calls_training: int  # the grid's adaptation and the flow's training
     calls_estimate: int  # in the estimate (the pilots that chose the sampler excluded)
     time_integrand_s: float
     time_sampler_s: float
@@ -77,8 +80,10 @@ class IntegrationResult:
     device: str
     tally: dict[str, float] = field(default_factory=dict)
     exact: float | None = None
-    sampler: str = "flow"  # the sampler that drew the estimate: "flow" or "uniform" (chosen by the pilots)
+    sampler: str = "flow"  # the sampler that drew the estimate: "flow", "grid" or "uniform" (chosen by the pilots)
     calls_pilot: int = 0  # spent on the pilots that chose it, in neither the training nor the estimate
+    calls_grid: int = 0  # of calls_training, those that adapted the VEGAS grid
+    pareto_k: float = math.nan  # tail shape of the weights: ≥ 0.7, the error bar cannot be trusted
 
     @property
     def pull(self) -> float | None:
@@ -108,8 +113,13 @@ class Integrator:
             rank r uses seed (seed, r, k), so results do not depend on the order of work).
         bins, transforms, hidden: of the default flow, a bounded rational-quadratic spline coupling
             flow with binary masks (every dimension conditions every other).
-        pre_map: bins of a learnable per-dimension histogram map (a VEGAS-like grid) in front of
-            the couplings, which captures separable structure cheaply; 0 for none.
+        pre_map: bins of a learnable per-dimension histogram map in front of the couplings,
+            trained by gradients with them; 0 for none.
+        grid: bins per dimension of a second sampler beside the flow, a VEGAS grid
+            (:func:`~nfapps.builders.VegasGrid`), 0 for none. :meth:`train` adapts it first, by
+            VEGAS's rule, on a share of the training calls; the estimate's pilots then pick
+            the better of the two. A separable or flat integrand is the grid's (which a flow can
+            only approximate), a correlated or multi-modal one the flow's.
         rank, world_size: this process's share of the work; by default from torchrun
             (torch.distributed), where every rank draws its own points, training is data-parallel
             (DDP) and tallies are summed over ranks. Batch and call counts are global.
@@ -129,6 +139,7 @@ class Integrator:
         transforms: int | None = None,
         hidden: Sequence[int] = (64, 64),
         pre_map: int = 32,
+        grid: int = 128,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -146,11 +157,19 @@ class Integrator:
         if flow.event_shape != (self.dim,):
             raise ValueError(f"the flow models shape {flow.event_shape}, but the integrand has dim {self.dim}")
         self.flow = flow.to(self.device)
+        self.grid = VegasGrid(self.dim, grid).to(self.device) if grid else None
+        if self.grid is not None:
+            self.grid.validate = False
+        self.sampler = self.flow  # the one that drew the latest estimate (see integrate)
         self.estimate_weights: np.ndarray | None = None
         self.flow.validate = False  # the points come from the flow itself
         self.optimizer: torch.optim.Optimizer | None = None
         self._lr = 1e-3
         self.batches_drawn = 0
+        self.calls_grid = 0
+        self.stopped = False  # training gave up on the flow (see train)
+        self.grid_tail = math.nan  # Pareto k̂ of the adapted grid's last batch of weights
+        self.exponent = 0.0  # of the tempered training target |g|^β (see train)
         self.calls_training = 0
         self.time_training = 0.0
         self.history: list[dict[str, float]] = []
@@ -197,6 +216,35 @@ class Integrator:
         return total // self.world_size + (self.rank < total % self.world_size)
 
     # -- training --------------------------------------------------------------------------------
+    def adapt_grid(self, calls: int, iterations: int = 25, progress: bool = True, min_ess: float = 0.05) -> list[dict[str, float]]:
+        """Spend ``calls`` integrand evaluations adapting the VEGAS grid, in ``iterations``
+        equal batches drawn from the grid (fewer where a batch would hold less than 10 points per
+        bin: the refinement would follow the noise): after each, the grid is refined by VEGAS's
+        rule (:meth:`~nfapps.transforms.grid.AdaptiveGrid.refine`), on weights tempered as in
+        :meth:`train` while they are degenerate (``min_ess``). Returns the per-batch records."""
+        if self.grid is None:
+            raise ValueError("this integrator has no VEGAS grid (grid=0): there is nothing to adapt")
+        if calls < 0 or iterations < 1:
+            raise ValueError(f"need calls ≥ 0 and iterations ≥ 1, got calls={calls}, iterations={iterations}")
+        started = time.perf_counter()
+        grid_map = self.grid.transform[0]
+        iterations = max(1, min(iterations, calls // (10 * grid_map.bins)))
+        sizes = [calls // iterations + (i < calls % iterations) for i in range(iterations)] if calls >= 2 * iterations else []
+        exponent = 0.0
+        for n in tqdm(sizes, desc="adapt grid", unit="batch", disable=not progress):
+            u, log_q, w, _ = self.draw(self._share(n), flow=self.grid)
+            # tempered like the flow's training: VEGAS's w² on a degenerate batch would pull every
+            # axis onto the few points of one mode, and the grid would never see the others
+            exponent = _tempering_exponent(w, log_q, exponent, min_ess)
+            grid_map.accumulate(u, _tempered(w, log_q, exponent))
+            grid_map.refine()
+            self._record(w, n, "grid", exponent)
+            self.calls_grid += n
+        if sizes:  # how heavy the adapted grid's weight tail is: its measured spread means little if very
+            self.grid_tail = pareto_tail_index(dist.all_gather_array(w.cpu().numpy()))
+        self.time_training += time.perf_counter() - started
+        return self.history
+
     def train(
         self,
         calls: int,
@@ -207,12 +255,27 @@ class Integrator:
         clip_grad: float = 10.0,
         progress: bool = True,
         schedule_calls: int | None = None,
+        min_ess: float = 0.05,
+        give_up_after: float = 0.25,
     ) -> list[dict[str, float]]:
-        """Spend ``calls`` integrand evaluations training the sampler; returns per-batch records.
+        """Spend ``calls`` integrand evaluations training the flow; returns per-batch records.
 
         Each batch of ``batch`` calls serves ``reuse`` gradient steps. With ``schedule_calls``
         (the run's whole training budget, also across several ``train`` calls and resumes) the
         learning rate follows a cosine from ``lr`` down to 2 % of it over that many calls.
+
+        While the flow's weights are degenerate (Kish's effective sample size of a batch below
+        ``min_ess`` of it, typical of a fresh sampler in many dimensions) it trains on the
+        tempered target |g|^β with the largest β that keeps the effective sample size at
+        ``min_ess``; β only grows and is 1 from the first healthy batch on (0 turns this off).
+        A batch whose weight sits on a few points of one mode cannot then drag the flow onto
+        that mode alone (mode collapse).
+
+        With an adapted VEGAS grid and ``schedule_calls``, training gives up once
+        ``give_up_after`` of the schedule is spent if the flow's recent batches (median of the
+        last 16) still vary more than the grid's last batch: on a separable integrand the grid
+        wins and more training only costs time. The calls not spent then go to the estimate
+        (``stopped`` is set and later calls return at once; 0 never gives up).
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -221,7 +284,7 @@ class Integrator:
         if self.optimizer is None:
             self._lr = lr
             self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=lr)
-        steps = calls // batch
+        steps = 0 if self.stopped else calls // batch
         started = time.perf_counter()
         self.flow.train()
         # a wrapper for this call only: a DDP reducer that outlives the process group (torn down
@@ -233,27 +296,50 @@ class Integrator:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
             u, log_q_old, w, _ = self.draw(self._share(batch))
-            totals = dist.all_reduce_sum(torch.stack([w.abs().sum(), torch.tensor(float(w.numel()), dtype=w.dtype, device=w.device)]))
+            self.exponent = _tempering_exponent(w, log_q_old, self.exponent, min_ess)
+            w_target = _tempered(w, log_q_old, self.exponent)
+            totals = dist.all_reduce_sum(torch.stack([w_target.abs().sum(), torch.tensor(float(w.numel()), dtype=w.dtype, device=w.device)]))
             scale = (totals[0] / totals[1]).clamp_min(1e-300)
-            w = (w / scale).to(log_q_old.dtype)  # scale-free weights: the loss does not depend on |I|
+            w_scaled = (w_target / scale).to(log_q_old.dtype)  # scale-free weights: the loss does not depend on |I|
             for _ in range(reuse):
                 log_q = model(u)  # log q(u), gradients averaged over ranks
                 if loss == "variance":
-                    coefficient = w.square() * torch.exp(log_q_old - log_q.detach())
+                    coefficient = w_scaled.square() * torch.exp(log_q_old - log_q.detach())
                 else:
-                    coefficient = w.abs()
+                    coefficient = w_scaled.abs()
                 objective = -(coefficient * log_q).mean()
                 self.optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip_grad)
                 self.optimizer.step()
-            tally = Tally().add(w)
-            self.history.append({"batch": len(self.history), "relative_std": tally.relative_std, "calls": batch})
+            self._record(w, batch, "flow", self.exponent)
+            if give_up_after and schedule_calls and self._flow_loses(batch * (step + 1), schedule_calls, give_up_after):
+                self.stopped = True
+                steps = step + 1
+                logger.info("the flow still varies more than the VEGAS grid after %d training calls: stopped training",
+                            self.calls_training + steps * batch)
+                break
         self.calls_training += steps * batch
         self.time_training += time.perf_counter() - started
         del model
         self.flow.eval()
         return self.history
+
+    def _flow_loses(self, calls_now: int, schedule_calls: int, after: float) -> bool:
+        """Whether, ``after`` of the schedule in, the flow's last 16 batches vary more (median) than the grid's last."""
+        if self.calls_training + calls_now < after * schedule_calls:
+            return False
+        grid = [r["relative_std"] for r in self.history if r.get("phase") == "grid"]
+        flow = [r["relative_std"] for r in self.history[-16:] if r.get("phase", "flow") == "flow"]
+        # a grid whose weights have a heavy tail (Pareto k̂ ≥ 0.7, e.g. one that misses modes) only
+        # looks good: its measured spread underestimates its true one, so the flow trains on
+        reliable = self.grid_tail < PARETO_K_RELIABLE
+        return reliable and bool(grid) and len(flow) == 16 and float(np.median(flow)) > grid[-1]
+
+    def _record(self, w: Tensor, calls: int, phase: str, exponent: float) -> None:
+        self.history.append({"batch": len(self.history), "relative_std": Tally().add(w).relative_std, "calls": calls,
+                             "phase": phase, "exponent": exponent})
+
 
     # -- state -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -264,10 +350,15 @@ class Integrator:
                 "bounds": torch.stack([self.integrand.low, self.integrand.low + self.integrand.width], dim=1),
                 "seed": self.seed,
                 "flow": flow_payload(self.flow),
+                "grid": flow_payload(self.grid) if self.grid is not None else None,
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
                 "lr": self._lr,
                 "batches_drawn": self.batches_drawn,
+                "exponent": self.exponent,
                 "calls_training": self.calls_training,
+                "calls_grid": self.calls_grid,
+                "stopped": self.stopped,
+                "grid_tail": self.grid_tail,
                 "time_training": self.time_training,
                 "history": self.history,
             },
@@ -286,13 +377,21 @@ class Integrator:
             )
         self.flow = flow_from_payload(state["flow"], path, self.device)
         self.flow.validate = False
+        self.grid = flow_from_payload(state["grid"], path, self.device) if state.get("grid") is not None else None
+        if self.grid is not None:
+            self.grid.validate = False
+        self.sampler = self.flow
         self._lr = state["lr"]
         self.optimizer = None
         if state["optimizer"] is not None:
             self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=self._lr)
             self.optimizer.load_state_dict(state["optimizer"])
         self.batches_drawn = state["batches_drawn"]
+        self.exponent = state["exponent"]
         self.calls_training = state["calls_training"]
+        self.calls_grid = state["calls_grid"]
+        self.stopped = state["stopped"]
+        self.grid_tail = state["grid_tail"]
         self.time_training = state["time_training"]
         self.history = list(state["history"])
         return self
@@ -309,10 +408,12 @@ class Integrator:
         earlier batches (VEGAS+'s adaptive stratification, done where the flow has already made
         the weights nearly flat).
 
-        With ``choose`` (and a trained flow) a pilot batch of calls/16 each is drawn from the flow
-        and from the plain uniform sampler; the one with the smaller variance per event draws the
-        estimate from the other calls. On a smooth, nearly flat integrand stratified uniform points
-        beat any flow, whose residual wiggles stratification cannot remove. The pilots only choose:
+        With ``choose`` (and a trained sampler) a pilot batch is drawn from each candidate — the
+        flow, the adapted VEGAS grid (if any) and plain uniform points — an eighth of the calls
+        in all; the one with the smaller variance per event draws the estimate from the other
+        calls. On a separable integrand the grid beats any flow (which can only approximate a
+        product of one-dimensional densities), and on a nearly flat one stratified uniform
+        points beat both, whose residual wiggles stratification cannot remove. The pilots only choose:
         their values would bias the estimate (the chosen pilot is the one that came out with the
         smaller spread), so they stay out of it and count as ``calls_pilot``.
         """
@@ -322,13 +423,17 @@ class Integrator:
             raise ValueError(f"need per_cube ≥ 2 (a cube's variance needs two points) and beta ≥ 0, got {per_cube}, {beta}")
         self.flow.eval()
         candidates = {"flow": self.flow}
-        share = self._share(calls)
-        pilot = min(batch, calls // 16 // self.world_size)
-        if choose and self.calls_training and pilot >= 2:
+        if choose and (self.calls_training or self.calls_grid):
+            if self.grid is not None and self.calls_grid:
+                candidates["grid"] = self.grid
             candidates["uniform"] = Flow(Compose(), BoxUniform(self.dim)).to(self.device)
+        share = self._share(calls)
+        pilot = min(batch, calls // (8 * len(candidates)) // self.world_size)  # an eighth of the calls in all
+        if pilot < 2:
+            candidates = {"flow": self.flow}
         plan = [(name, pilot) for name in candidates] if len(candidates) > 1 else []
         plan += [(None, n) for n in batch_sizes(share - pilot * len(plan), max(batch, 2))]
-        tally, pilots = Tally(), {}
+        tally, pilots, pilot_weights = Tally(), {}, {}
         weights: list[np.ndarray] = []
         strata: dict[str, Strata | None] = {name: None for name in candidates}
         timings = {"sampler": 0.0, "integrand": 0.0}
@@ -336,8 +441,8 @@ class Integrator:
         with tqdm(total=share, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
             for counter, (name, n) in enumerate(plan):
                 if name is None and chosen is None:  # the pilots are done: every rank picks the same
-                    chosen = min(pilots, key=lambda key: _all_reduce(pilots[key]).std)
-                    logger.info("estimate: the %s sampler has the smaller variance per event; it draws the rest", chosen)
+                    chosen = _choose(pilots, pilot_weights)
+                    logger.info("estimate: the %s sampler has the smallest reliable variance per event; it draws the rest", chosen)
                 name = name or chosen
                 cells = cells_per_dimension(n, self.dim, per_cube) if stratify else [1]
                 if max(cells) > 1 and (strata[name] is None or strata[name].cells != cells):  # a new batch size
@@ -355,6 +460,7 @@ class Integrator:
                 part = Tally().add(w, counts if stratum is not None else 1)
                 if chosen is None:
                     pilots[name] = part
+                    pilot_weights[name] = w.cpu().numpy()
                 else:
                     tally = tally.merge(part)
                     weights.append(w.cpu().numpy())
@@ -362,9 +468,15 @@ class Integrator:
                     timings[key] += spent[key]
                 bar.update(n)
         tally = _all_reduce(tally)
+        self.sampler = candidates[chosen]
         calls_pilot = pilot * len(pilots) * self.world_size
         all_w = dist.all_gather_array(np.concatenate(weights))
         self.estimate_weights = all_w  # every rank's weights of this estimate, e.g. for a weight plot
+        tail = pareto_tail_index(all_w)
+        if tail >= PARETO_K_RELIABLE:
+            logger.warning("the estimate's weights have a heavy tail (Pareto k̂ = %.2f ≥ %.1f): its error bar may be "
+                           "far too small; train longer or with more calls, or check the integrand for narrow peaks",
+                           tail, PARETO_K_RELIABLE)
         return IntegrationResult(
             value=tally.mean, error=tally.error, relative_std=tally.relative_std,
             effective_sample_size=tally.effective_sample_size,
@@ -372,11 +484,65 @@ class Integrator:
             unweighting_efficiency_bootstrap=bootstrap_unweighting_efficiency(all_w, replica_size, seed=self.seed),
             bootstrap_replica_size=int(min(replica_size, all_w.size)),
             unweighting_efficiency_truncated=truncated_unweighting_efficiency(all_w, 1e-3),
-            calls_training=self.calls_training, calls_estimate=calls - calls_pilot, calls_pilot=calls_pilot,
+            calls_training=self.calls_training + self.calls_grid, calls_estimate=calls - calls_pilot,
+            calls_pilot=calls_pilot, calls_grid=self.calls_grid,
             time_integrand_s=timings["integrand"], time_sampler_s=timings["sampler"], time_training_s=self.time_training,
             peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device), tally=tally.to_dict(), exact=exact,
-            sampler=chosen,
+            sampler=chosen, pareto_k=tail,
         )
+
+
+def _tempered(w: Tensor, log_q: Tensor, exponent: float) -> Tensor:
+    """Weights |g|^β/q of the tempered target |g|^β, from w = g/q: exp(β log|w| + (β − 1) log q)."""
+    if exponent == 1:
+        return w
+    tempered = torch.exp(exponent * w.abs().log() + (exponent - 1) * log_q.to(w.dtype))
+    return torch.where(w != 0, tempered, 0.0)  # 0^β = 0, also at β = 0
+
+
+def _ess_fraction(w: Tensor) -> float:
+    """Kish's effective sample size over all ranks' weights, as a fraction of their number."""
+    sums = dist.all_reduce_sum(torch.stack([w.abs().sum(), w.square().sum(), w.new_tensor(float(w.numel()))]))
+    return float(sums[0] ** 2 / (sums[1] * sums[2])) if sums[1] > 0 else 1.0
+
+
+def _tempering_exponent(w: Tensor, log_q: Tensor, previous: float, min_ess: float, iterations: int = 12) -> float:
+    """The largest β in [previous, 1] whose tempered weights keep an effective sample size of at
+    least ``min_ess`` of the batch (bisection; adaptive tempering as in sequential Monte Carlo).
+
+    Training on |g|^β with β < 1 broadens the target while the sampler's weights are
+    degenerate, so that a batch whose weight sits on a few points of one mode does not drag the
+    sampler onto that mode alone (mode collapse); β only ever grows, and reaches 1 as soon as
+    the sampler's own weights are healthy."""
+    if previous >= 1 or min_ess <= 0 or _ess_fraction(w) >= min_ess:
+        return 1.0
+    low, high = previous, 1.0
+    if _ess_fraction(_tempered(w, log_q, low)) < min_ess:
+        return low
+    for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if _ess_fraction(_tempered(w, log_q, middle)) >= min_ess else (low, middle)
+    return low
+
+
+def split_training(calls: int, training_fraction: float, grid_fraction: float, grid: bool) -> tuple[int, int]:
+    """The training calls of a budget of ``calls``, split into the grid's adaptation
+    (``grid_fraction`` of them, none without a grid) and the flow's training (the rest)."""
+    train_calls = int(calls * training_fraction)
+    grid_calls = int(train_calls * grid_fraction) if grid else 0
+    return grid_calls, train_calls - grid_calls
+
+
+def _choose(pilots: dict[str, Tally], weights: dict[str, np.ndarray]) -> str:
+    """The pilot with the smallest variance per event among those whose weights have no heavy
+    tail (Pareto k̂ < 0.7; all of them if none): a sampler that misses a mode can show a small
+    spread on a pilot and a wrong answer on the estimate. Every rank decides on all ranks' data."""
+    tails = {name: pareto_tail_index(dist.all_gather_array(w)) for name, w in weights.items()}
+    reliable = [name for name in pilots if tails[name] < PARETO_K_RELIABLE] or list(pilots)
+    chosen = min(reliable, key=lambda key: _all_reduce(pilots[key]).std)
+    logger.info("pilots (variance per event, Pareto k̂): %s", ", ".join(
+        f"{name} {_all_reduce(pilots[name]).relative_std:.3g} k̂={tails[name]:.2f}" for name in pilots))
+    return chosen
 
 
 def _all_reduce(tally: Tally) -> Tally:
@@ -403,17 +569,25 @@ def integrate(
     replica_size: int = 10_000,
     stratify: bool = True,
     choose: bool = True,
+    grid_fraction: float = 0.2,
     **sampler: Any,
 ) -> IntegrationResult:
     """∫_box f(x) dx by neural importance sampling with ``calls`` integrand evaluations in all:
     ``training_fraction`` of them train the sampler, the rest feed the estimate (drawn
     ``estimate_batch`` at a time, stratified in the flow's base space unless ``stratify`` is
     false, by the flow or by uniform points as pilots choose (``choose``, see
-    :meth:`Integrator.integrate`); ``replica_size`` is the bootstrap unweighting efficiency's)."""
+    :meth:`Integrator.integrate`); ``replica_size`` is the bootstrap unweighting efficiency's).
+    Of the training calls, ``grid_fraction`` adapt the VEGAS grid (unless ``grid=0``) and the
+    rest train the flow."""
     if not 0 <= training_fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
+    if not 0 <= grid_fraction <= 1:
+        raise ValueError(f"grid_fraction must be in [0, 1], got {grid_fraction}")
     integrator = Integrator(f, dim, bounds, device=device, seed=seed, **sampler)
-    train_calls = int(calls * training_fraction)
-    integrator.train(train_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=train_calls)
-    return integrator.integrate(calls - integrator.calls_training, batch=estimate_batch, progress=progress, exact=exact,
+    grid_calls, flow_calls = split_training(calls, training_fraction, grid_fraction, integrator.grid is not None)
+    if grid_calls:
+        integrator.adapt_grid(grid_calls, progress=progress)
+    integrator.train(flow_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=flow_calls)
+    spent = integrator.calls_training + integrator.calls_grid
+    return integrator.integrate(calls - spent, batch=estimate_batch, progress=progress, exact=exact,
                                 replica_size=replica_size, stratify=stratify, choose=choose)

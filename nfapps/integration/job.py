@@ -5,7 +5,8 @@ A run directory ``out`` ends up holding::
     run.json        the run's settings (written first; ``resume`` checks against it)
     state.nfapps    the integrator's state after each training chunk (Integrator.save)
     sampler.nfapps  the trained flow, reloadable with nfapps.load (plus the integral's metadata)
-    history.csv     batch, training calls so far, relative std per event of the batch's weights
+    history.csv     batch, training calls so far, relative std per event of the batch's weights,
+                    phase (grid adaptation or flow training), tempering exponent β
     training.png    relative std per event against training calls
     weights.png     histogram of log10(|w|/⟨|w|⟩) over the estimate's weights
     events.h5       (with ``events > 0``) events from the reloaded sampler, see :mod:`.events`
@@ -48,7 +49,7 @@ from ..device import resolve_device
 from ..serialization import flow_payload
 from .integrand import load_callable
 from .integrands import INTEGRANDS, Integrand
-from .integrator import LOSSES, Integrator, integrate
+from .integrator import LOSSES, Integrator, integrate, split_training
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ def _library_defaults() -> dict[str, Any]:
     run = inspect.signature(integrate).parameters
     sampler = inspect.signature(Integrator).parameters
     defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
-                                                   "replica_size", "stratify", "choose")}
-    defaults.update({key: sampler[key].default for key in ("bins", "transforms", "pre_map")})
+                                                   "replica_size", "stratify", "choose", "grid_fraction")}
+    defaults.update({key: sampler[key].default for key in ("bins", "transforms", "pre_map", "grid")})
     defaults["hidden"] = list(sampler["hidden"].default)
     return defaults
 
@@ -228,19 +229,21 @@ def _plain(obj: Any) -> Any:
 # -- plots and tables ------------------------------------------------------------------------------
 
 
-def _history_rows(history: list[dict[str, float]]) -> list[tuple[int, int, float]]:
+def _history_rows(history: list[dict[str, Any]]) -> list[tuple[int, int, float, str, float]]:
+    """(batch, training calls so far, relative std per event, phase "grid"/"flow", tempering exponent β)."""
     rows, calls = [], 0
     for record in history:
         calls += int(record["calls"])
-        rows.append((int(record["batch"]), calls, float(record["relative_std"])))
+        rows.append((int(record["batch"]), calls, float(record["relative_std"]), str(record.get("phase", "flow")),
+                     float(record.get("exponent", 1.0))))
     return rows
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["batch", "training_calls", "relative_std"])
-    writer.writerows((b, c, repr(s)) for b, c, s in _history_rows(history))
+    writer.writerow(["batch", "training_calls", "relative_std", "phase", "exponent"])
+    writer.writerows((b, c, repr(s), phase, repr(beta)) for b, c, s, phase, beta in _history_rows(history))
     write_bytes_atomic(path, buffer.getvalue().encode())
 
 
@@ -266,10 +269,12 @@ def _pyplot():
 def _plot_training(path: Path, history: list[dict[str, float]], result: dict[str, Any], title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    rows = [(c, s) for _, c, s in _history_rows(history) if math.isfinite(s) and s > 0]
-    if rows:
-        calls, stds = np.array(rows).T
-        ax.plot(calls, stds, lw=1, color="C0", label="training batches")
+    rows = [row for row in _history_rows(history) if math.isfinite(row[2]) and row[2] > 0]
+    for phase, color, label in (("grid", "C2", "VEGAS grid adaptation"), ("flow", "C0", "flow training batches")):
+        points = [(c, s) for _, c, s, p, _ in rows if p == phase]
+        if points:
+            calls, stds = np.array(points).T
+            ax.plot(calls, stds, lw=1, color=color, label=label)
     if result["relative_std"] is not None and math.isfinite(result["relative_std"]):
         ax.axhline(result["relative_std"], color="C3", ls="--", lw=1,
                    label=f"estimate, {result['calls_estimate']:,} fresh calls: {result['relative_std']:.3g}")
@@ -348,7 +353,7 @@ def _estimate(integrator: Integrator, calls: int, exact: float | None, progress:
 
 def _write_sampler(path: Path, integrator: Integrator, resolved: ResolvedIntegrand, result: dict[str, Any]) -> None:
     """The trained flow as nfapps.save writes it, plus what ``nfapps events`` needs to use it alone."""
-    payload = flow_payload(integrator.flow)
+    payload = flow_payload(integrator.sampler)
     payload["integration"] = _finite({
         "integrand": resolved.spec, "dim": resolved.dim, "bounds": resolved.bounds, "seed": integrator.seed,
         "integral": result["value"], "error": result["error"], "calls_training": result["calls_training"],
@@ -378,6 +383,8 @@ def run_integration(
     transforms: int | None = None,
     hidden: Sequence[int] | None = None,
     pre_map: int | None = None,
+    grid: int | None = None,
+    grid_fraction: float | None = None,
     estimate_batch: int | None = None,
     replica_size: int | None = None,
     stratify: bool | None = None,
@@ -407,7 +414,8 @@ def run_integration(
     given = {
         "integrand": integrand, "dim": dim, "bounds": bounds, "calls": calls, "training_fraction": training_fraction,
         "batch": batch, "loss": loss, "reuse": reuse, "lr": lr, "seed": seed, "bins": bins, "transforms": transforms,
-        "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "estimate_batch": estimate_batch,
+        "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "grid": grid, "grid_fraction": grid_fraction,
+        "estimate_batch": estimate_batch,
         "replica_size": replica_size, "stratify": stratify, "choose": choose, "chunks": chunks, "events": events,
         "unweighted": unweighted,
     }
@@ -454,6 +462,10 @@ def run_integration(
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
     if not 0 <= fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {fraction}")
+    if not isinstance(settings["grid"], int) or isinstance(settings["grid"], bool) or settings["grid"] < 0:
+        raise ValueError(f"grid must be an integer ≥ 0 (bins per dimension; 0 for none), got {settings['grid']!r}")
+    if not 0 <= settings["grid_fraction"] <= 1:
+        raise ValueError(f"grid_fraction must be in [0, 1], got {settings['grid_fraction']}")
     for flag in ("stratify", "choose"):
         if not isinstance(settings[flag], bool):
             raise ValueError(f"{flag} must be true or false, got {settings[flag]!r}")
@@ -461,9 +473,9 @@ def run_integration(
         raise ValueError(f"lr must be positive, got {lr}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    train_calls = int(calls * fraction)
+    grid_calls, train_calls = split_training(calls, fraction, settings["grid_fraction"], settings["grid"] > 0)
     steps = train_calls // batch
-    calls_estimate = calls - steps * batch
+    calls_estimate = calls - grid_calls - steps * batch
     if calls_estimate < 2:
         raise ValueError(f"calls {calls} leave {calls_estimate} for the estimate after training; lower training_fraction")
     if steps == 0 and fraction > 0:
@@ -473,7 +485,7 @@ def run_integration(
     integrator = Integrator(
         resolved.f, resolved.dim, resolved.bounds, device=device, seed=settings["seed"],
         bins=settings["bins"], transforms=settings["transforms"], hidden=tuple(settings["hidden"]),
-        pre_map=settings["pre_map"],
+        pre_map=settings["pre_map"], grid=settings["grid"],
     )
     # Check the integrand on a few points before anything is written: a function that raises,
     # returns the wrong shape or indexes past its dimension fails here, with nothing to clean up.
@@ -486,6 +498,12 @@ def run_integration(
     if (out / STATE_FILE).is_file():
         integrator.restore(out / STATE_FILE)
         log.info("resuming %s after %d of %d training calls", out, integrator.calls_training, steps * batch)
+    if integrator.calls_grid not in (0, grid_calls):
+        raise ValueError(f"{out / STATE_FILE} has {integrator.calls_grid} grid calls where this run has {grid_calls}: "
+                         "it holds another run; use another --out")
+    if integrator.calls_grid < grid_calls:  # seconds of work: done in one go, then saved
+        integrator.adapt_grid(grid_calls, progress=progress)
+        integrator.save(out / STATE_FILE)
     done = integrator.calls_training // batch
     if integrator.calls_training % batch or done > steps:
         raise ValueError(f"{out / STATE_FILE} has {integrator.calls_training} training calls, which this run "
@@ -496,7 +514,7 @@ def run_integration(
     with tqdm(total=steps * batch, initial=done * batch, desc="train sampler", unit="call", unit_scale=True,
               disable=not progress) as bar:
         for k, end in enumerate(boundaries):
-            if end <= done:
+            if end <= done or integrator.stopped:
                 continue
             # the learning-rate schedule spans the whole budget, whatever the chunks: as integrate() does
             integrator.train((end - done) * batch, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=False,
@@ -509,8 +527,11 @@ def run_integration(
             log.debug("chunk %d: %d training calls, relative std per event %.4g", k, done * batch, latest)
             if on_chunk is not None:
                 on_chunk(k, integrator)
+            if integrator.stopped:  # the flow gave up against the grid: the rest goes to the estimate
+                break
 
-    # -- estimate from fresh samples
+    # -- estimate from fresh samples, with every call that training did not spend
+    calls_estimate = calls - integrator.calls_grid - integrator.calls_training
     result, histogram = _estimate(integrator, calls_estimate, resolved.exact, progress, settings["estimate_batch"],
                                   settings["replica_size"], settings["stratify"], settings["choose"])
     record = _finite(result.to_dict())
