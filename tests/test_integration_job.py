@@ -150,6 +150,8 @@ def test_user_integrand_from_a_file_on_a_box(tmp_path, capsys):
         (["{file}:missing", "--dim", "2"], "has no function 'missing'"),
         (["{dir}/nofile.py:f", "--dim", "2"], "does not exist"),
         (["gaussian-2", "--calls", "100", "--training-fraction", "1.5"], "training_fraction must be in \\[0, 1\\)"),
+        (["gaussian-2", "--grid", "-1"], "grid must be an integer ≥ 0"),
+        (["gaussian-2", "--grid-fraction", "1.5"], "grid_fraction must be in \\[0, 1\\]"),
     ],
 )
 def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path, capsys, args, message):
@@ -263,3 +265,34 @@ def test_a_job_computes_exactly_what_integrate_does(tmp_path):
     parameters = inspect.signature(integrate).parameters
     assert all(DEFAULTS[k] == parameters[k].default
                for k in ("batch", "reuse", "lr", "loss", "training_fraction", "estimate_batch", "replica_size"))
+
+
+def test_a_run_whose_flow_gives_up_resumes_bit_identically(tmp_path):
+    """On gaussian-4 (separable) the flow stops training against the VEGAS grid part-way; a run
+    killed right after the chunk where it stopped resumes to the same result, the unspent calls in the estimate."""
+    settings = {**SMALL, "calls": 80_000, "chunks": 8}
+    straight = run_integration("gaussian-4", out=tmp_path / "straight", seed=1, progress=False, device="cpu", **settings)
+    r = straight["result"]
+    assert r["sampler"] == "grid" and r["calls_grid"] == 8000 and r["calls_training"] < 8000 + 62 * 512
+    assert r["calls_training"] + r["calls_pilot"] + r["calls_estimate"] == 80_000
+
+    class Killed(Exception):
+        pass
+
+    def kill_once_stopped(k, integrator):
+        if integrator.stopped:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_integration("gaussian-4", out=tmp_path / "resumed", seed=1, progress=False, device="cpu",
+                        on_chunk=kill_once_stopped, **settings)
+    resumed = run_integration(out=tmp_path / "resumed", resume=True, progress=False, device="cpu")
+    timing = {"time_integrand_s", "time_sampler_s", "time_training_s", "peak_memory_mb"}
+    assert {k: v for k, v in resumed["result"].items() if k not in timing} == {k: v for k, v in r.items() if k not in timing}
+
+
+def test_without_a_grid_the_pilots_choose_between_flow_and_uniform(tmp_path, capsys):
+    out = tmp_path / "nogrid"
+    assert main(["-q", "integrate", "gaussian-2", *SMALL_ARGS, "--grid", "0", "--out", str(out)]) == 0, capsys.readouterr().err
+    r = json.loads((out / "result.json").read_text())["result"]
+    assert r["calls_grid"] == 0 and r["calls_training"] == 19 * 512 and r["sampler"] in ("flow", "uniform")

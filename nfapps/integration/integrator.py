@@ -34,9 +34,7 @@ from .. import distributed as dist
 from ..atomic import dump, load_container
 from ..builders import NSF, VegasGrid
 from ..device import resolve_device
-from ..distributions import BoxUniform
 from ..flow import Flow
-from ..transforms.base import Compose
 from ..serialization import flow_from_payload, flow_payload
 from .estimate import (
     PARETO_K_RELIABLE,
@@ -333,11 +331,13 @@ class Integrator:
         flow = [r["relative_std"] for r in self.history[-16:] if r.get("phase", "flow") == "flow"]
         # a grid whose weights have a heavy tail (Pareto k̂ ≥ 0.7, e.g. one that misses modes) only
         # looks good: its measured spread underestimates its true one, so the flow trains on
-        reliable = self.grid_tail < PARETO_K_RELIABLE
+        reliable = not self.grid_tail >= PARETO_K_RELIABLE
         return reliable and bool(grid) and len(flow) == 16 and float(np.median(flow)) > grid[-1]
 
     def _record(self, w: Tensor, calls: int, phase: str, exponent: float) -> None:
-        self.history.append({"batch": len(self.history), "relative_std": Tally().add(w).relative_std, "calls": calls,
+        # all ranks' weights: every rank keeps the same history and takes the same decisions on it
+        spread = _all_reduce(Tally().add(w)).relative_std if self.world_size > 1 else Tally().add(w).relative_std
+        self.history.append({"batch": len(self.history), "relative_std": spread, "calls": calls,
                              "phase": phase, "exponent": exponent})
 
 
@@ -426,7 +426,7 @@ class Integrator:
         if choose and (self.calls_training or self.calls_grid):
             if self.grid is not None and self.calls_grid:
                 candidates["grid"] = self.grid
-            candidates["uniform"] = Flow(Compose(), BoxUniform(self.dim)).to(self.device)
+            candidates["uniform"] = VegasGrid(self.dim, bins=1).to(self.device)  # one bin per axis: uniform points
         share = self._share(calls)
         pilot = min(batch, calls // (8 * len(candidates)) // self.world_size)  # an eighth of the calls in all
         if pilot < 2:
@@ -538,7 +538,8 @@ def _choose(pilots: dict[str, Tally], weights: dict[str, np.ndarray]) -> str:
     tail (Pareto k̂ < 0.7; all of them if none): a sampler that misses a mode can show a small
     spread on a pilot and a wrong answer on the estimate. Every rank decides on all ranks' data."""
     tails = {name: pareto_tail_index(dist.all_gather_array(w)) for name, w in weights.items()}
-    reliable = [name for name in pilots if tails[name] < PARETO_K_RELIABLE] or list(pilots)
+    # NaN (too few weights, or no spread at all) counts as reliable
+    reliable = [name for name in pilots if not tails[name] >= PARETO_K_RELIABLE] or list(pilots)
     chosen = min(reliable, key=lambda key: _all_reduce(pilots[key]).std)
     logger.info("pilots (variance per event, Pareto k̂): %s", ", ".join(
         f"{name} {_all_reduce(pilots[name]).relative_std:.3g} k̂={tails[name]:.2f}" for name in pilots))
