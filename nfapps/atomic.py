@@ -41,6 +41,7 @@ KINDS: dict[str, str] = {
     "flow": "a saved flow (written by nfapps.save, read by nfapps.load)",
     "checkpoint": "a training checkpoint (written and resumed by nfapps.fit(..., checkpoint=path))",
     "integrator": "an integration run's state (written and resumed by Integrator.save / Integrator.restore)",
+    "estimate": "an estimate in progress (written and resumed by Integrator.integrate(..., checkpoint=path))",
 }
 
 _SCALARS = (type(None), bool, int, float, str)

@@ -291,3 +291,37 @@ def test_a_float64_sampler_gets_float64_stratified_points():
     integrator = Integrator(gaussian, 2, flow=flow, seed=0)
     result = integrator.integrate(4096, progress=False, exact=math.erf(1 / (2 * ALPHA)) ** 2)
     assert abs(result.pull) < 4 and result.tally["n"] == 4096
+
+
+def test_an_interrupted_estimate_continues_from_its_checkpoint(tmp_path):
+    """An estimate that dies part-way (here the integrand fails on its 5th batch) continues from its
+    checkpoint, with nothing redone, to exactly the result of an uninterrupted one."""
+    trained = Integrator(gaussian, 2, seed=4, transforms=2, hidden=(16,))
+    trained.adapt_grid(4000, progress=False)
+    trained.train(4096, batch=1024, progress=False)
+    trained.save(tmp_path / "state.nfapps")
+    straight = trained.integrate(30_000, batch=4000, progress=False)
+
+    calls = {"n": 0, "fail": True}
+
+    def fails_in_batch_5(x):
+        calls["n"] += 1
+        if calls["n"] == 5 and calls["fail"]:
+            raise RuntimeError("node lost")
+        return gaussian(x)
+
+    def fresh(f):
+        return Integrator(f, 2, seed=4, transforms=2, hidden=(16,), backend="torch").restore(tmp_path / "state.nfapps")
+
+    checkpoint = tmp_path / "estimate.nfapps"
+    with pytest.raises(ValueError, match="node lost"):
+        fresh(fails_in_batch_5).integrate(30_000, batch=4000, progress=False, checkpoint=checkpoint)
+    assert checkpoint.is_file()
+    calls.update(n=0, fail=False)
+    resumed = fresh(fails_in_batch_5).integrate(30_000, batch=4000, progress=False, checkpoint=checkpoint)
+    assert calls["n"] == 10 - 4  # 3 pilots and 7 estimate batches, the 4 before the failure not redone
+    timing = {"time_integrand_s", "time_sampler_s", "time_training_s", "peak_memory_mb"}
+    assert {k: v for k, v in resumed.to_dict().items() if k not in timing} == {
+        k: v for k, v in straight.to_dict().items() if k not in timing}
+    with pytest.raises(ValueError, match="another estimate"):
+        fresh(gaussian).integrate(20_000, batch=4000, progress=False, checkpoint=checkpoint)

@@ -16,6 +16,7 @@ so each batch of (expensive) integrand calls can serve several gradient steps (`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import resource
@@ -399,7 +400,7 @@ class Integrator:
     # -- estimate --------------------------------------------------------------------------------
     def integrate(self, calls: int, batch: int = 262_144, progress: bool = True, exact: float | None = None,
                   replica_size: int = 10_000, stratify: bool = True, per_cube: int = 2,
-                  beta: float = 0.75, choose: bool = True) -> IntegrationResult:
+                  beta: float = 0.75, choose: bool = True, checkpoint: str | Path | None = None) -> IntegrationResult:
         """Estimate the integral from ``calls`` fresh samples of the frozen sampler.
 
         With ``stratify`` the batches are stratified draws in the sampler's base space (see
@@ -416,6 +417,11 @@ class Integrator:
         points beat both, whose residual wiggles stratification cannot remove. The pilots only choose:
         their values would bias the estimate (the chosen pilot is the one that came out with the
         smaller spread), so they stay out of it and count as ``calls_pilot``.
+
+        With ``checkpoint`` the estimate's progress (tallies, weights, strata, the choice) is
+        written there atomically after every batch, and a later call with the same arguments
+        on the same sampler continues from it: an interrupted estimate loses at most one batch
+        and ends exactly as an uninterrupted one.
         """
         if calls < 2 * self.world_size:
             raise ValueError(f"the estimate needs at least 2 calls per process, got {calls} for {self.world_size}")
@@ -438,8 +444,32 @@ class Integrator:
         strata: dict[str, Strata | None] = {name: None for name in candidates}
         timings = {"sampler": 0.0, "integrand": 0.0}
         chosen = None if len(candidates) > 1 else "flow"  # None until the pilots have spoken
-        with tqdm(total=share, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
+        signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
+                     "candidates": list(candidates), "pilot": pilot, "seed": self.seed, "rank": self.rank,
+                     "world_size": self.world_size, "sampler": _fingerprint(self.flow, self.grid)}
+        if checkpoint is not None and self.world_size > 1:
+            checkpoint = Path(f"{checkpoint}.rank{self.rank}")
+        start = 0
+        if checkpoint is not None and Path(checkpoint).is_file():
+            state = load_container(checkpoint, "estimate")
+            if state["signature"] != signature:
+                raise ValueError(f"{checkpoint} holds the progress of another estimate (other calls, settings or "
+                                 "sampler): delete it to start this one afresh")
+            start, chosen, timings = state["done"], state["chosen"], state["timings"]
+            tally = Tally(**state["tally"])
+            pilots = {key: Tally(**value) for key, value in state["pilots"].items()}
+            pilot_weights = {key: value.numpy() for key, value in state["pilot_weights"].items()}
+            weights = [state["weights"].numpy()] if state["weights"].numel() else []
+            for key, saved in state["strata"].items():
+                strata[key] = None if saved is None else Strata(saved["cells"], beta, self.device)
+                if saved is not None:
+                    strata[key]._squares, strata[key]._dof = saved["squares"].to(self.device), saved["dof"].to(self.device)
+            logger.info("continuing the estimate from %s after %d of %d batches", checkpoint, start, len(plan))
+        with tqdm(total=share, initial=sum(n for _, n in plan[:start]), desc="integrate", unit="call", unit_scale=True,
+                  disable=not progress) as bar:
             for counter, (name, n) in enumerate(plan):
+                if counter < start:
+                    continue
                 if name is None and chosen is None:  # the pilots are done: every rank picks the same
                     chosen = _choose(pilots, pilot_weights)
                     logger.info("estimate: the %s sampler has the smallest reliable variance per event; it draws the rest", chosen)
@@ -467,6 +497,16 @@ class Integrator:
                 for key in timings:
                     timings[key] += spent[key]
                 bar.update(n)
+                if checkpoint is not None:
+                    dump({
+                        "signature": signature, "done": counter + 1, "chosen": chosen, "timings": timings,
+                        "tally": tally.to_dict(), "pilots": {key: value.to_dict() for key, value in pilots.items()},
+                        "pilot_weights": {key: torch.from_numpy(value) for key, value in pilot_weights.items()},
+                        "weights": torch.from_numpy(np.concatenate(weights) if weights else np.zeros(0)),
+                        "strata": {key: None if value is None else {"cells": value.cells, "squares": value._squares.cpu(),
+                                                                    "dof": value._dof.cpu()}
+                                   for key, value in strata.items()},
+                    }, checkpoint, "estimate")
         tally = _all_reduce(tally)
         self.sampler = candidates[chosen]
         calls_pilot = pilot * len(pilots) * self.world_size
@@ -531,6 +571,16 @@ def split_training(calls: int, training_fraction: float, grid_fraction: float, g
     train_calls = int(calls * training_fraction)
     grid_calls = int(train_calls * grid_fraction) if grid else 0
     return grid_calls, train_calls - grid_calls
+
+
+def _fingerprint(flow: Flow, grid: Flow | None) -> str:
+    """A digest of the samplers' states: an estimate's checkpoint belongs to these samplers only."""
+    digest = hashlib.sha256()
+    for module in (flow, grid):
+        for key, value in (module.state_dict().items() if module is not None else ()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _choose(pilots: dict[str, Tally], weights: dict[str, np.ndarray]) -> str:

@@ -10,14 +10,16 @@ A run directory ``out`` ends up holding::
     training.png    relative std per event against training calls
     weights.png     histogram of log10(|w|/⟨|w|⟩) over the estimate's weights
     events.h5       (with ``events > 0``) events from the reloaded sampler, see :mod:`.events`
+    estimate.nfapps the estimate's progress while it runs (removed when the run finishes)
     result.json     settings, the estimate (IntegrationResult.to_dict()), exact value and pull
                     for a built-in integrand; written last, so its presence marks a finished run
 
 Training runs in ``chunks`` pieces with the state saved after each, so a run killed at any point
 continues with ``resume=True`` from the last chunk boundary and ends bit-identical to a run that
 was never interrupted: every batch is drawn from a counter-based seed and the optimizer's state
-is saved with the flow. The estimate uses fresh points from a stream of its own; it is not
-checkpointed (it is deterministic, so an interrupted estimate is simply redone).
+is saved with the flow. The estimate uses fresh points from a stream of its own and writes its
+progress to ``estimate.nfapps`` after every batch, so an interrupted estimate continues where it
+stopped (that file is removed once ``result.json`` is written).
 
 Every output is written atomically (temporary file + rename): a crash leaves the old file or the
 new, never a part. A directory is never overwritten: starting a new run in a non-empty directory
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE, STATE_FILE, SAMPLER_FILE, RESULT_FILE = "run.json", "state.nfapps", "sampler.nfapps", "result.json"
 HISTORY_FILE, TRAINING_PLOT, WEIGHTS_PLOT, EVENTS_FILE = "history.csv", "training.png", "weights.png", "events.h5"
+ESTIMATE_FILE = "estimate.nfapps"
 
 def _library_defaults() -> dict[str, Any]:
     """The defaults of :func:`nfapps.integration.integrator.integrate` and :class:`Integrator`, so that
@@ -342,10 +345,10 @@ def _plot_weights(path: Path, histogram: _WeightHistogram, result: dict[str, Any
 
 
 def _estimate(integrator: Integrator, calls: int, exact: float | None, progress: bool, batch: int, replica_size: int,
-              stratify: bool, choose: bool):
+              stratify: bool, choose: bool, checkpoint: Path):
     """Integrator.integrate, with a histogram of its weights for the weight plot."""
     result = integrator.integrate(calls, batch=batch, progress=progress, exact=exact, replica_size=replica_size,
-                                  stratify=stratify, choose=choose)
+                                  stratify=stratify, choose=choose, checkpoint=checkpoint)
     histogram = _WeightHistogram()
     histogram.add(torch.as_tensor(integrator.estimate_weights))
     return result, histogram
@@ -533,7 +536,7 @@ def run_integration(
     # -- estimate from fresh samples, with every call that training did not spend
     calls_estimate = calls - integrator.calls_grid - integrator.calls_training
     result, histogram = _estimate(integrator, calls_estimate, resolved.exact, progress, settings["estimate_batch"],
-                                  settings["replica_size"], settings["stratify"], settings["choose"])
+                                  settings["replica_size"], settings["stratify"], settings["choose"], out / ESTIMATE_FILE)
     record = _finite(result.to_dict())
     title = f"{resolved.spec}, d = {resolved.dim}"
     _write_sampler(out / SAMPLER_FILE, integrator, resolved, record)
@@ -571,6 +574,7 @@ def run_integration(
         "outputs": outputs + [RESULT_FILE],
     }
     _write_json(out / RESULT_FILE, summary)
+    (out / ESTIMATE_FILE).unlink(missing_ok=True)  # the finished estimate is in result.json
     pull = f", pull {record['pull']:+.2f}" if record["pull"] is not None else ""
     log.info("%s = %.6g ± %.2g (relative std per event %.3g%s); wrote %s", resolved.spec, record["value"],
              record["error"], record["relative_std"] or math.inf, pull, out)
