@@ -10,7 +10,8 @@ import nfapps
 from nfapps import VegasGrid
 from nfapps.integration import INTEGRANDS
 from nfapps.integration.estimate import pareto_tail_index
-from nfapps.integration.integrator import Integrator, _ess_fraction, _tempered, _tempering_exponent
+from nfapps.integration.integrator import Integrator
+from nfapps.integration.tempering import ess_fraction, tempered_weights, tempering_exponent
 from nfapps.transforms.grid import AdaptiveGrid
 
 
@@ -88,20 +89,20 @@ def test_tempering_keeps_the_effective_sample_size_and_only_when_needed():
     g = torch.Generator().manual_seed(0)
     log_q = torch.zeros(2000, dtype=torch.float64)
     healthy = 1 + 0.5 * torch.rand(2000, generator=g, dtype=torch.float64)
-    assert _tempering_exponent(healthy, log_q, 0.0, 0.05) == 1.0
+    assert tempering_exponent(healthy, log_q, 0.0, 0.05) == 1.0
     degenerate = torch.exp(-40 * torch.rand(2000, generator=g, dtype=torch.float64))  # weight on a few points
     degenerate[::7] = 0.0  # zeros stay zeros at any exponent
-    assert _ess_fraction(degenerate) < 0.05
-    beta = _tempering_exponent(degenerate, log_q, 0.0, 0.05)
+    assert ess_fraction(degenerate) < 0.05
+    beta = tempering_exponent(degenerate, log_q, 0.0, 0.05)
     assert 0 < beta < 1
-    assert _ess_fraction(_tempered(degenerate, log_q, beta)) >= 0.05 > _ess_fraction(_tempered(degenerate, log_q, beta + 0.01))
-    assert torch.all(_tempered(degenerate, log_q, beta)[::7] == 0)
-    assert _tempering_exponent(degenerate, log_q, 0.9, 0.05) == 0.9  # β never goes back
-    assert _tempering_exponent(degenerate, log_q, 0.0, 0.0) == 1.0  # min_ess = 0 turns tempering off
+    assert ess_fraction(tempered_weights(degenerate, log_q, beta)) >= 0.05 > ess_fraction(tempered_weights(degenerate, log_q, beta + 0.01))
+    assert torch.all(tempered_weights(degenerate, log_q, beta)[::7] == 0)
+    assert tempering_exponent(degenerate, log_q, 0.9, 0.05) == 0.9  # β never goes back
+    assert tempering_exponent(degenerate, log_q, 0.0, 0.0) == 1.0  # min_ess = 0 turns tempering off
     # the tempered weights are those of |g|^β under q: |w|^β q^(β−1) = |g|^β / q
     log_q = torch.log(0.5 + torch.rand(2000, generator=g, dtype=torch.float64))
     values = degenerate * log_q.exp()
-    torch.testing.assert_close(_tempered(degenerate, log_q, 0.3), values.abs() ** 0.3 / log_q.exp())
+    torch.testing.assert_close(tempered_weights(degenerate, log_q, 0.3), values.abs() ** 0.3 / log_q.exp())
 
 
 def test_tempering_keeps_the_grid_on_every_mode():

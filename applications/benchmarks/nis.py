@@ -9,7 +9,7 @@ method   how the budget is spent
 nfapps   ``integrate(f, d, calls=N, training_fraction=τ, …)`` with the default samplers: of
          the τN training calls a fifth adapt a VEGAS grid (25 iterations), the rest train a
          bounded rational-quadratic spline flow in batches (tempered while its weights are
-         degenerate; stopped early if it still loses to the grid a quarter of the way in);
+         degenerate; stopped early if it still varies 4× more than the grid a quarter of the way in);
          pilots (an eighth of the rest) choose the flow, the grid or uniform points, which
          draws the estimate from the remaining calls, stratified, fresh
 VEGAS+   ``vegas.Integrator([[0, 1]] * d)`` (defaults: α = 0.5, β = 0.75) adapts for

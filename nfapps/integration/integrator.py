@@ -48,6 +48,7 @@ from .estimate import (
 )
 from .integrand import UnitCubeIntegrand
 from .stratify import Strata, cells_per_dimension
+from .tempering import tempered_weights, tempering_exponent
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ LOSSES = ("variance", "kl")
 #: Points pushed through the flow at once when drawing (per-point cost is lowest around here on a
 #: CPU: at 8192 the spline intermediates no longer fit in cache, 1.3–1.7× slower).
 SAMPLER_CHUNK = 4096
+
+#: Training gives up on a flow whose recent batches vary more than this many times the grid's.
+GIVE_UP_MARGIN = 4.0
 
 
 @dataclass
@@ -234,8 +238,8 @@ class Integrator:
             u, log_q, w, _ = self.draw(self._share(n), flow=self.grid)
             # tempered like the flow's training: VEGAS's w² on a degenerate batch would pull every
             # axis onto the few points of one mode, and the grid would never see the others
-            exponent = _tempering_exponent(w, log_q, exponent, min_ess)
-            grid_map.accumulate(u, _tempered(w, log_q, exponent))
+            exponent = tempering_exponent(w, log_q, exponent, min_ess)
+            grid_map.accumulate(u, tempered_weights(w, log_q, exponent))
             grid_map.refine()
             self._record(w, n, "grid", exponent)
             self.calls_grid += n
@@ -272,8 +276,11 @@ class Integrator:
 
         With an adapted VEGAS grid and ``schedule_calls``, training gives up once
         ``give_up_after`` of the schedule is spent if the flow's recent batches (median of the
-        last 16) still vary more than the grid's last batch: on a separable integrand the grid
-        wins and more training only costs time. The calls not spent then go to the estimate
+        last 16) still vary more than :data:`GIVE_UP_MARGIN` times the grid's last batch: on a
+        separable integrand the grid wins and more training only costs time. (The margin is
+        wide because these are unstratified draws, and a smooth flow gains far more from the
+        estimate's stratification than a grid does: on a 2-D Breit–Wigner peak a flow at twice
+        the grid's unstratified spread ends 8× below it stratified.) The calls not spent then go to the estimate
         (``stopped`` is set and later calls return at once; 0 never gives up).
         """
         if loss not in LOSSES:
@@ -295,8 +302,8 @@ class Integrator:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
             u, log_q_old, w, _ = self.draw(self._share(batch))
-            self.exponent = _tempering_exponent(w, log_q_old, self.exponent, min_ess)
-            w_target = _tempered(w, log_q_old, self.exponent)
+            self.exponent = tempering_exponent(w, log_q_old, self.exponent, min_ess)
+            w_target = tempered_weights(w, log_q_old, self.exponent)
             totals = dist.all_reduce_sum(torch.stack([w_target.abs().sum(), torch.tensor(float(w.numel()), dtype=w.dtype, device=w.device)]))
             scale = (totals[0] / totals[1]).clamp_min(1e-300)
             w_scaled = (w_target / scale).to(log_q_old.dtype)  # scale-free weights: the loss does not depend on |I|
@@ -333,7 +340,7 @@ class Integrator:
         # a grid whose weights have a heavy tail (Pareto k̂ ≥ 0.7, e.g. one that misses modes) only
         # looks good: its measured spread underestimates its true one, so the flow trains on
         reliable = not self.grid_tail >= PARETO_K_RELIABLE
-        return reliable and bool(grid) and len(flow) == 16 and float(np.median(flow)) > grid[-1]
+        return reliable and bool(grid) and len(flow) == 16 and float(np.median(flow)) > GIVE_UP_MARGIN * grid[-1]
 
     def _record(self, w: Tensor, calls: int, phase: str, exponent: float) -> None:
         # all ranks' weights: every rank keeps the same history and takes the same decisions on it
@@ -530,39 +537,6 @@ class Integrator:
             peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device), tally=tally.to_dict(), exact=exact,
             sampler=chosen, pareto_k=tail,
         )
-
-
-def _tempered(w: Tensor, log_q: Tensor, exponent: float) -> Tensor:
-    """Weights |g|^β/q of the tempered target |g|^β, from w = g/q: exp(β log|w| + (β − 1) log q)."""
-    if exponent == 1:
-        return w
-    tempered = torch.exp(exponent * w.abs().log() + (exponent - 1) * log_q.to(w.dtype))
-    return torch.where(w != 0, tempered, 0.0)  # 0^β = 0, also at β = 0
-
-
-def _ess_fraction(w: Tensor) -> float:
-    """Kish's effective sample size over all ranks' weights, as a fraction of their number."""
-    sums = dist.all_reduce_sum(torch.stack([w.abs().sum(), w.square().sum(), w.new_tensor(float(w.numel()))]))
-    return float(sums[0] ** 2 / (sums[1] * sums[2])) if sums[1] > 0 else 1.0
-
-
-def _tempering_exponent(w: Tensor, log_q: Tensor, previous: float, min_ess: float, iterations: int = 12) -> float:
-    """The largest β in [previous, 1] whose tempered weights keep an effective sample size of at
-    least ``min_ess`` of the batch (bisection; adaptive tempering as in sequential Monte Carlo).
-
-    Training on |g|^β with β < 1 broadens the target while the sampler's weights are
-    degenerate, so that a batch whose weight sits on a few points of one mode does not drag the
-    sampler onto that mode alone (mode collapse); β only ever grows, and reaches 1 as soon as
-    the sampler's own weights are healthy."""
-    if previous >= 1 or min_ess <= 0 or _ess_fraction(w) >= min_ess:
-        return 1.0
-    low, high = previous, 1.0
-    if _ess_fraction(_tempered(w, log_q, low)) < min_ess:
-        return low
-    for _ in range(iterations):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if _ess_fraction(_tempered(w, log_q, middle)) >= min_ess else (low, middle)
-    return low
 
 
 def split_training(calls: int, training_fraction: float, grid_fraction: float, grid: bool) -> tuple[int, int]:
