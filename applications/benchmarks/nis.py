@@ -577,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "sampler_dims": s.sampler_dims, "repeats": s.repeats})
         for part in parts:
             runs += part["runs"] or part["integrands"]
+        order = list(INTEGRANDS)  # the suite's order, whatever the split
+        runs.sort(key=lambda r: (r["seed"], order.index(r["integrand"]) if r["integrand"] in order else len(order)))
         seeds = sorted({r["seed"] for r in runs})
     else:
         warm_up(s)

@@ -47,6 +47,7 @@ from .estimate import (
     unweighting_efficiency,
 )
 from .integrand import UnitCubeIntegrand
+from .progress import EstimateProgress
 from .stratify import Strata, cells_per_dimension
 from .tempering import tempered_weights, tempering_exponent
 
@@ -446,41 +447,27 @@ class Integrator:
             candidates = {"flow": self.flow}
         plan = [(name, pilot) for name in candidates] if len(candidates) > 1 else []
         plan += [(None, n) for n in batch_sizes(share - pilot * len(plan), max(batch, 2))]
-        tally, pilots, pilot_weights = Tally(), {}, {}
-        weights: list[np.ndarray] = []
-        strata: dict[str, Strata | None] = {name: None for name in candidates}
-        timings = {"sampler": 0.0, "integrand": 0.0}
-        chosen = None if len(candidates) > 1 else "flow"  # None until the pilots have spoken
         signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
                      "candidates": list(candidates), "pilot": pilot, "seed": self.seed, "rank": self.rank,
                      "world_size": self.world_size, "sampler": _fingerprint(self.flow, self.grid)}
         if checkpoint is not None and self.world_size > 1:
             checkpoint = Path(f"{checkpoint}.rank{self.rank}")
-        start = 0
         if checkpoint is not None and Path(checkpoint).is_file():
-            state = load_container(checkpoint, "estimate")
-            if state["signature"] != signature:
-                raise ValueError(f"{checkpoint} holds the progress of another estimate (other calls, settings or "
-                                 "sampler): delete it to start this one afresh")
-            start, chosen, timings = state["done"], state["chosen"], state["timings"]
-            tally = Tally(**state["tally"])
-            pilots = {key: Tally(**value) for key, value in state["pilots"].items()}
-            pilot_weights = {key: value.numpy() for key, value in state["pilot_weights"].items()}
-            weights = [state["weights"].numpy()] if state["weights"].numel() else []
-            for key, saved in state["strata"].items():
-                strata[key] = None if saved is None else Strata(saved["cells"], beta, self.device)
-                if saved is not None:
-                    strata[key]._squares, strata[key]._dof = saved["squares"].to(self.device), saved["dof"].to(self.device)
-            logger.info("continuing the estimate from %s after %d of %d batches", checkpoint, start, len(plan))
-        with tqdm(total=share, initial=sum(n for _, n in plan[:start]), desc="integrate", unit="call", unit_scale=True,
+            run = EstimateProgress.load(checkpoint, signature, beta, self.device)
+            logger.info("continuing the estimate from %s after %d of %d batches", checkpoint, run.done, len(plan))
+        else:  # the chosen sampler is None until the pilots have spoken
+            run = EstimateProgress({name: None for name in candidates}, None if len(candidates) > 1 else "flow")
+        strata = run.strata
+        with tqdm(total=share, initial=sum(n for _, n in plan[:run.done]), desc="integrate", unit="call", unit_scale=True,
                   disable=not progress) as bar:
             for counter, (name, n) in enumerate(plan):
-                if counter < start:
+                if counter < run.done:
                     continue
-                if name is None and chosen is None:  # the pilots are done: every rank picks the same
-                    chosen = _choose(pilots, pilot_weights)
-                    logger.info("estimate: the %s sampler has the smallest reliable variance per event; it draws the rest", chosen)
-                name = name or chosen
+                if name is None and run.chosen is None:  # the pilots are done: every rank picks the same
+                    run.chosen = _choose(run.pilots, run.pilot_weights)
+                    logger.info("estimate: the %s sampler has the smallest reliable variance per event; it draws the rest",
+                                run.chosen)
+                name = name or run.chosen
                 cells = cells_per_dimension(n, self.dim, per_cube) if stratify else [1]
                 if max(cells) > 1 and (strata[name] is None or strata[name].cells != cells):  # a new batch size
                     strata[name] = Strata(cells, beta, self.device)
@@ -495,26 +482,20 @@ class Integrator:
                     stratum.update(w, counts)
                     w = stratum.rescale(w, counts)
                 part = Tally().add(w, counts if stratum is not None else 1)
-                if chosen is None:
-                    pilots[name] = part
-                    pilot_weights[name] = w.cpu().numpy()
+                if run.chosen is None:
+                    run.pilots[name] = part
+                    run.pilot_weights[name] = w.cpu().numpy()
                 else:
-                    tally = tally.merge(part)
-                    weights.append(w.cpu().numpy())
-                for key in timings:
-                    timings[key] += spent[key]
+                    run.tally = run.tally.merge(part)
+                    run.weights.append(w.cpu().numpy())
+                for key in run.timings:
+                    run.timings[key] += spent[key]
+                run.done = counter + 1
                 bar.update(n)
                 if checkpoint is not None:
-                    dump({
-                        "signature": signature, "done": counter + 1, "chosen": chosen, "timings": timings,
-                        "tally": tally.to_dict(), "pilots": {key: value.to_dict() for key, value in pilots.items()},
-                        "pilot_weights": {key: torch.from_numpy(value) for key, value in pilot_weights.items()},
-                        "weights": torch.from_numpy(np.concatenate(weights) if weights else np.zeros(0)),
-                        "strata": {key: None if value is None else {"cells": value.cells, "squares": value._squares.cpu(),
-                                                                    "dof": value._dof.cpu()}
-                                   for key, value in strata.items()},
-                    }, checkpoint, "estimate")
-        tally = _all_reduce(tally)
+                    run.save(checkpoint, signature)
+        chosen, pilots, weights, timings = run.chosen, run.pilots, run.weights, run.timings
+        tally = _all_reduce(run.tally)
         self.sampler = candidates[chosen]
         calls_pilot = pilot * len(pilots) * self.world_size
         all_w = dist.all_gather_array(np.concatenate(weights))

@@ -111,5 +111,15 @@ class Strata:
         self._squares += squares.to(self.device)
         self._dof += (counts - 1).to(self.device, torch.float64)
 
+    def state(self) -> dict:
+        """What :meth:`from_state` needs to continue: the cells and each cube's measured spread."""
+        return {"cells": self.cells, "squares": self._squares.cpu(), "dof": self._dof.cpu()}
+
+    @classmethod
+    def from_state(cls, state: dict, beta: float, device: torch.device | str = "cpu") -> "Strata":
+        strata = cls(state["cells"], beta, device)
+        strata._squares, strata._dof = state["squares"].to(strata.device), state["dof"].to(strata.device)
+        return strata
+
 
 __all__ = ["cells_per_dimension", "Strata"]
