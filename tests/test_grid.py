@@ -129,3 +129,24 @@ def test_pareto_tail_index_measures_the_tail():
     assert abs(pareto_tail_index(rng.exponential(size=40_000))) < 0.15  # light tail: k = 0
     assert pareto_tail_index(rng.uniform(size=40_000)) < -0.5  # bounded: k < 0
     assert math.isnan(pareto_tail_index(np.ones(1000))) and math.isnan(pareto_tail_index(rng.exponential(size=50)))
+
+
+def test_the_pilots_prefer_light_tails():
+    """A pilot whose weights have a heavy tail (Pareto k̂ ≥ 0.7) is passed over, however small its
+    measured spread; if every pilot has one, the lightest tail wins."""
+    from nfapps.integration.estimate import Tally
+    from nfapps.integration.integrator import _choose
+
+    rng = np.random.default_rng(0)
+    light = rng.uniform(0, 2, 4000)  # relative spread 0.58, bounded (k̂ < 0)
+    heavy = 1 + 0.01 * rng.pareto(1.2, 4000)  # a small spread, but a Pareto tail (k = 0.83)
+    heavier = 1 + 0.001 * rng.pareto(0.6, 4000)  # k = 1.67
+
+    def tallies(weights):
+        return {name: Tally().add(torch.from_numpy(w)) for name, w in weights.items()}
+
+    pair = {"light": light, "heavy": heavy}
+    assert tallies(pair)["heavy"].relative_std < tallies(pair)["light"].relative_std / 3
+    assert _choose(tallies(pair), pair) == "light"
+    both = {"heavy": heavy, "heavier": heavier}
+    assert _choose(tallies(both), both) == "heavy"

@@ -540,12 +540,16 @@ def _fingerprint(flow: Flow, grid: Flow | None) -> str:
 
 def _choose(pilots: dict[str, Tally], weights: dict[str, np.ndarray]) -> str:
     """The pilot with the smallest variance per event among those whose weights have no heavy
-    tail (Pareto k̂ < 0.7; all of them if none): a sampler that misses a mode can show a small
-    spread on a pilot and a wrong answer on the estimate. Every rank decides on all ranks' data."""
+    tail (Pareto k̂ < 0.7): a sampler that misses a mode can show a small spread on a pilot and a
+    wrong answer on the estimate. If every one has a heavy tail their spreads mean little, and
+    the one with the lightest tail is chosen. Every rank decides on all ranks' data."""
     tails = {name: pareto_tail_index(dist.all_gather_array(w)) for name, w in weights.items()}
     # NaN (too few weights, or no spread at all) counts as reliable
-    reliable = [name for name in pilots if not tails[name] >= PARETO_K_RELIABLE] or list(pilots)
-    chosen = min(reliable, key=lambda key: _all_reduce(pilots[key]).std)
+    reliable = [name for name in pilots if not tails[name] >= PARETO_K_RELIABLE]
+    if reliable:
+        chosen = min(reliable, key=lambda key: _all_reduce(pilots[key]).std)
+    else:
+        chosen = min(pilots, key=lambda key: tails[key])
     logger.info("pilots (variance per event, Pareto k̂): %s", ", ".join(
         f"{name} {_all_reduce(pilots[name]).relative_std:.3g} k̂={tails[name]:.2f}" for name in pilots))
     return chosen
