@@ -169,3 +169,22 @@ def test_argument_errors():
         PiecewiseQuadraticMap(4, min_width=0.0)
     assert PiecewiseQuadraticMap(5).num_params == 11 and PiecewiseLinearMap(5).num_params == 5
     assert math.isclose(PiecewiseLinearMap(3, min_density=0.01).min_density, 0.01)
+
+
+def test_shared_parameters_are_worked_once_and_give_the_same_bits():
+    """Elementwise passes one θ per feature, broadcast over the points. Without gradients the
+    per-bin work is done on the shared rows only; the values are bit-identical to the full
+    computation (which training, with gradients, still does)."""
+    from nfapps.transforms.elementwise import Elementwise
+
+    torch.manual_seed(0)
+    t = Elementwise(6, PiecewiseLinearMap(16)).double()
+    with torch.no_grad():
+        t.params.normal_(0, 2)
+    x = torch.rand(3000, 6, dtype=torch.float64)
+    for fn in (t.forward, t.inverse):
+        with_grad = fn(x)
+        with torch.no_grad():
+            without = fn(x)
+        assert with_grad[0].requires_grad and not without[0].requires_grad
+        assert torch.equal(with_grad[0].detach(), without[0]) and torch.equal(with_grad[1].detach(), without[1])

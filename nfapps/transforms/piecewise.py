@@ -66,8 +66,23 @@ def upper_edges(masses: Tensor) -> Tensor:
 
 
 def _take(values: Tensor, index: Tensor) -> Tensor:
-    """values[..., index] for an index of the leading shape (…,)."""
+    """values[..., index] for an index of the leading shape (…,); ``values`` may have size 1 where
+    the index has more (shared rows, see :func:`_shared_rows`)."""
+    values = values.expand(*index.shape, values.shape[-1])
     return values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+def _shared_rows(params: Tensor) -> Tensor:
+    """``params`` with each leading axis that is a broadcast (stride 0, as ``Elementwise`` passes
+    its per-feature parameters for every point) cut to size 1, when no gradient is recorded:
+    the per-bin work (softmax, cumulative sums) is then done once per feature instead of once per
+    point, with the same values. With gradients the full tensor is kept, so that training
+    accumulates its gradients exactly as before."""
+    if torch.is_grad_enabled() and params.requires_grad:
+        return params
+    index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None)
+                  for stride, size in zip(params.stride()[:-1], params.shape[:-1]))
+    return params[index]
 
 
 def piecewise_linear(
@@ -80,7 +95,7 @@ def piecewise_linear(
     the point (negated for the inverse).
     """
     k = unnormalized.shape[-1]
-    masses = floored_softmax(unnormalized, min_density)
+    masses = floored_softmax(_shared_rows(unnormalized), min_density)
     upper = upper_edges(masses)
     if inverse:
         yc = x.clamp(0.0, 1.0)
