@@ -161,9 +161,7 @@ class Integrator:
         if flow.event_shape != (self.dim,):
             raise ValueError(f"the flow models shape {flow.event_shape}, but the integrand has dim {self.dim}")
         self.flow = flow.to(self.device)
-        self.grid = VegasGrid(self.dim, grid).to(self.device) if grid else None
-        if self.grid is not None:
-            self.grid.validate = False
+        self._adopt_grid(VegasGrid(self.dim, grid).to(self.device) if grid else None)
         self.sampler = self.flow  # the one that drew the latest estimate (see integrate)
         self.estimate_weights: np.ndarray | None = None
         self.flow.validate = False  # the points come from the flow itself
@@ -177,6 +175,11 @@ class Integrator:
         self.calls_training = 0
         self.time_training = 0.0
         self.history: list[dict[str, float]] = []
+
+    def _adopt_grid(self, grid: Flow | None) -> None:
+        self.grid = grid
+        if grid is not None:
+            grid.validate = False  # its points come from itself
 
     # -- sampling --------------------------------------------------------------------------------
     def _generator(self, stream: int, counter: int) -> torch.Generator:
@@ -281,8 +284,8 @@ class Integrator:
         separable integrand the grid wins and more training only costs time. (The margin is
         wide because these are unstratified draws, and a smooth flow gains far more from the
         estimate's stratification than a grid does: on a 2-D Breit–Wigner peak a flow at twice
-        the grid's unstratified spread ends 8× below it stratified.) The calls not spent then go to the estimate
-        (``stopped`` is set and later calls return at once; 0 never gives up).
+        the grid's unstratified spread ends 8× below it stratified.) The calls not spent then go
+        to the estimate (``stopped`` is set and later calls return at once; 0 never gives up).
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -323,8 +326,8 @@ class Integrator:
             if give_up_after and schedule_calls and self._flow_loses(batch * (step + 1), schedule_calls, give_up_after):
                 self.stopped = True
                 steps = step + 1
-                logger.info("the flow still varies more than the VEGAS grid after %d training calls: stopped training",
-                            self.calls_training + steps * batch)
+                logger.info("the flow still varies more than %g× the VEGAS grid after %d training calls: stopped training",
+                            GIVE_UP_MARGIN, self.calls_training + steps * batch)
                 break
         self.calls_training += steps * batch
         self.time_training += time.perf_counter() - started
@@ -333,22 +336,21 @@ class Integrator:
         return self.history
 
     def _flow_loses(self, calls_now: int, schedule_calls: int, after: float) -> bool:
-        """Whether, ``after`` of the schedule in, the flow's last 16 batches vary more (median) than the grid's last."""
+        """Whether, ``after`` of the schedule in, the flow's last 16 batches vary (median) more than
+        GIVE_UP_MARGIN times the grid's last batch."""
         if self.calls_training + calls_now < after * schedule_calls:
             return False
-        grid = [r["relative_std"] for r in self.history if r.get("phase") == "grid"]
+        grid = next((r["relative_std"] for r in reversed(self.history) if r.get("phase") == "grid"), None)
         flow = [r["relative_std"] for r in self.history[-16:] if r.get("phase", "flow") == "flow"]
         # a grid whose weights have a heavy tail (Pareto k̂ ≥ 0.7, e.g. one that misses modes) only
         # looks good: its measured spread underestimates its true one, so the flow trains on
         reliable = not self.grid_tail >= PARETO_K_RELIABLE
-        return reliable and bool(grid) and len(flow) == 16 and float(np.median(flow)) > GIVE_UP_MARGIN * grid[-1]
+        return reliable and grid is not None and len(flow) == 16 and float(np.median(flow)) > GIVE_UP_MARGIN * grid
 
     def _record(self, w: Tensor, calls: int, phase: str, exponent: float) -> None:
         # all ranks' weights: every rank keeps the same history and takes the same decisions on it
-        spread = _all_reduce(Tally().add(w)).relative_std if self.world_size > 1 else Tally().add(w).relative_std
-        self.history.append({"batch": len(self.history), "relative_std": spread, "calls": calls,
-                             "phase": phase, "exponent": exponent})
-
+        self.history.append({"batch": len(self.history), "relative_std": _all_reduce(Tally().add(w)).relative_std,
+                             "calls": calls, "phase": phase, "exponent": exponent})
 
     # -- state -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -386,9 +388,7 @@ class Integrator:
             )
         self.flow = flow_from_payload(state["flow"], path, self.device)
         self.flow.validate = False
-        self.grid = flow_from_payload(state["grid"], path, self.device) if state.get("grid") is not None else None
-        if self.grid is not None:
-            self.grid.validate = False
+        self._adopt_grid(flow_from_payload(state["grid"], path, self.device) if state.get("grid") is not None else None)
         self.sampler = self.flow
         self._lr = state["lr"]
         self.optimizer = None
@@ -447,11 +447,13 @@ class Integrator:
             candidates = {"flow": self.flow}
         plan = [(name, pilot) for name in candidates] if len(candidates) > 1 else []
         plan += [(None, n) for n in batch_sizes(share - pilot * len(plan), max(batch, 2))]
-        signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
-                     "candidates": list(candidates), "pilot": pilot, "seed": self.seed, "rank": self.rank,
-                     "world_size": self.world_size, "sampler": _fingerprint(self.flow, self.grid)}
-        if checkpoint is not None and self.world_size > 1:
-            checkpoint = Path(f"{checkpoint}.rank{self.rank}")
+        signature = None  # what a checkpoint must match: only worked out when there is one
+        if checkpoint is not None:
+            signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
+                         "candidates": list(candidates), "pilot": pilot, "seed": self.seed, "rank": self.rank,
+                         "world_size": self.world_size, "sampler": _fingerprint(self.flow, self.grid)}
+            if self.world_size > 1:
+                checkpoint = Path(f"{checkpoint}.rank{self.rank}")
         if checkpoint is not None and Path(checkpoint).is_file():
             run = EstimateProgress.load(checkpoint, signature, beta, self.device)
             logger.info("continuing the estimate from %s after %d of %d batches", checkpoint, run.done, len(plan))
@@ -544,14 +546,15 @@ def _choose(pilots: dict[str, Tally], weights: dict[str, np.ndarray]) -> str:
     wrong answer on the estimate. If every one has a heavy tail their spreads mean little, and
     the one with the lightest tail is chosen. Every rank decides on all ranks' data."""
     tails = {name: pareto_tail_index(dist.all_gather_array(w)) for name, w in weights.items()}
+    combined = {name: _all_reduce(tally) for name, tally in pilots.items()}
     # NaN (too few weights, or no spread at all) counts as reliable
     reliable = [name for name in pilots if not tails[name] >= PARETO_K_RELIABLE]
     if reliable:
-        chosen = min(reliable, key=lambda key: _all_reduce(pilots[key]).std)
+        chosen = min(reliable, key=lambda key: combined[key].std)
     else:
         chosen = min(pilots, key=lambda key: tails[key])
     logger.info("pilots (variance per event, Pareto k̂): %s", ", ".join(
-        f"{name} {_all_reduce(pilots[name]).relative_std:.3g} k̂={tails[name]:.2f}" for name in pilots))
+        f"{name} {combined[name].relative_std:.3g} k̂={tails[name]:.2f}" for name in pilots))
     return chosen
 
 
@@ -584,8 +587,8 @@ def integrate(
 ) -> IntegrationResult:
     """∫_box f(x) dx by neural importance sampling with ``calls`` integrand evaluations in all:
     ``training_fraction`` of them train the sampler, the rest feed the estimate (drawn
-    ``estimate_batch`` at a time, stratified in the flow's base space unless ``stratify`` is
-    false, by the flow or by uniform points as pilots choose (``choose``, see
+    ``estimate_batch`` at a time, stratified in the sampler's base space unless ``stratify`` is
+    false, by the flow, the VEGAS grid or uniform points as pilots choose (``choose``, see
     :meth:`Integrator.integrate`); ``replica_size`` is the bootstrap unweighting efficiency's).
     Of the training calls, ``grid_fraction`` adapt the VEGAS grid (unless ``grid=0``) and the
     rest train the flow."""

@@ -4,7 +4,8 @@ A run directory ``out`` ends up holding::
 
     run.json        the run's settings (written first; ``resume`` checks against it)
     state.nfapps    the integrator's state after each training chunk (Integrator.save)
-    sampler.nfapps  the trained flow, reloadable with nfapps.load (plus the integral's metadata)
+    sampler.nfapps  the sampler that drew the estimate (flow, VEGAS grid or uniform), reloadable
+                    with nfapps.load (plus the integral's metadata)
     history.csv     batch, training calls so far, relative std per event of the batch's weights,
                     phase (grid adaptation or flow training), tempering exponent β
     training.png    relative std per event against training calls
@@ -355,7 +356,7 @@ def _estimate(integrator: Integrator, calls: int, exact: float | None, progress:
 
 
 def _write_sampler(path: Path, integrator: Integrator, resolved: ResolvedIntegrand, result: dict[str, Any]) -> None:
-    """The trained flow as nfapps.save writes it, plus what ``nfapps events`` needs to use it alone."""
+    """The chosen sampler as nfapps.save writes it, plus what ``nfapps events`` needs to use it alone."""
     payload = flow_payload(integrator.sampler)
     payload["integration"] = _finite({
         "integrand": resolved.spec, "dim": resolved.dim, "bounds": resolved.bounds, "seed": integrator.seed,
@@ -517,7 +518,9 @@ def run_integration(
     with tqdm(total=steps * batch, initial=done * batch, desc="train sampler", unit="call", unit_scale=True,
               disable=not progress) as bar:
         for k, end in enumerate(boundaries):
-            if end <= done or integrator.stopped:
+            if integrator.stopped:  # the flow gave up against the grid: the rest goes to the estimate
+                break
+            if end <= done:
                 continue
             # the learning-rate schedule spans the whole budget, whatever the chunks: as integrate() does
             integrator.train((end - done) * batch, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=False,
@@ -530,8 +533,6 @@ def run_integration(
             log.debug("chunk %d: %d training calls, relative std per event %.4g", k, done * batch, latest)
             if on_chunk is not None:
                 on_chunk(k, integrator)
-            if integrator.stopped:  # the flow gave up against the grid: the rest goes to the estimate
-                break
 
     # -- estimate from fresh samples, with every call that training did not spend
     calls_estimate = calls - integrator.calls_grid - integrator.calls_training

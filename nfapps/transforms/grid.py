@@ -25,7 +25,6 @@ accumulators are summed over processes before refining, so every rank keeps the 
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -107,17 +106,16 @@ class AdaptiveGrid(Transform):
         if self.alpha == 0 or self.bins == 1:
             return
         smooth = average.clone()
-        if self.bins > 1:
-            smooth[:, 1:-1] = (average[:, :-2] + 6 * average[:, 1:-1] + average[:, 2:]) / 8
-            smooth[:, 0] = (7 * average[:, 0] + average[:, 1]) / 8
-            smooth[:, -1] = (average[:, -2] + 7 * average[:, -1]) / 8
+        smooth[:, 1:-1] = (average[:, :-2] + 6 * average[:, 1:-1] + average[:, 2:]) / 8
+        smooth[:, 0] = (7 * average[:, 0] + average[:, 1]) / 8
+        smooth[:, -1] = (average[:, -2] + 7 * average[:, -1]) / 8
         total = smooth.sum(dim=1, keepdim=True)
         live = (total > 0).squeeze(1) & torch.isfinite(total).squeeze(1)
         if not live.any():
             return
         d = smooth[live] / total[live]
-        tiny = d > 0
-        damped = torch.where(tiny, ((1 - d) / torch.log(1 / d.where(tiny, 0.5))).clamp_min(0).pow(self.alpha), 0.0)
+        positive = d > 0
+        damped = torch.where(positive, ((1 - d) / torch.log(1 / d.where(positive, 0.5))).clamp_min(0).pow(self.alpha), 0.0)
         # a bin that saw no weight keeps a sliver of the density: every bin stays finite
         damped = damped + 1e-6 * damped.mean(dim=1, keepdim=True)
         self.edges[live] = _equal_share_edges(self.edges[live], damped)
