@@ -42,6 +42,7 @@ KINDS: dict[str, str] = {
     "checkpoint": "a training checkpoint (written and resumed by nfapps.fit(..., checkpoint=path))",
     "integrator": "an integration run's state (written and resumed by Integrator.save / Integrator.restore)",
     "estimate": "an estimate in progress (written and resumed by Integrator.integrate(..., checkpoint=path))",
+    "density": "a conditional background density (written by ConditionalDensity.save, read by ConditionalDensity.load)",
 }
 
 _SCALARS = (type(None), bool, int, float, str)

@@ -49,6 +49,10 @@ from .. import __version__
 from .. import distributed as dist
 from ..atomic import dump, write_bytes_atomic
 from ..device import resolve_device
+from ..outputs import finite as _finite
+from ..outputs import pyplot as _pyplot
+from ..outputs import save_figure as _save_figure
+from ..outputs import write_json as _write_json
 from ..serialization import flow_payload
 from .integrand import load_callable
 from .integrands import INTEGRANDS, Integrand
@@ -199,23 +203,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read {path} ({err}); the run directory is damaged — start a new run with another --out") from None
 
 
-def _finite(obj: Any) -> Any:
-    """Plain JSON (no NaN or infinity: they become null), tuples as lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _finite(obj.item())
-    return obj
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode())
-
-
 def _settings(given: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
     """Each setting: as given, else as stored (resuming), else the default."""
     settings = {}
@@ -249,25 +236,6 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     writer.writerow(["batch", "training_calls", "relative_std", "phase", "exponent"])
     writer.writerows((b, c, repr(s), phase, repr(beta)) for b, c, s, phase, beta in _history_rows(history))
     write_bytes_atomic(path, buffer.getvalue().encode())
-
-
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _plot_training(path: Path, history: list[dict[str, float]], result: dict[str, Any], title: str) -> None:

@@ -1,0 +1,331 @@
+"""Anomaly-search benchmark: CATHODE, ANODE, CWoLa against the idealized, supervised and
+true-likelihood-ratio references, on synthetic events with known densities and on the real
+LHCO R&D signal-region arrays.
+
+Three parts, each optional:
+
+``synthetic`` (``--seeds K``): per seed, ``--background`` events of :class:`DijetModel` with
+signal injected to S/B = ``--s-over-b`` in the SR 3.3–3.7 TeV. The background density is
+trained on the sidebands; every method scores a fresh SR test set of 40k background and 20k
+signal events (``--test-background``/``--test-signal``). References: the true likelihood ratio
+p_sig/p_bkg (the best possible score), the idealized detector (classifiers of SR data against
+SR background drawn from the true density at SR masses) and a supervised classifier. Reported
+per seed and as median and spread (16–84 %) over seeds: max SIC (cuts keeping ≥ 25 test
+background events), ratios to the true-likelihood-ratio max SIC, and the two-sample AUC of flow
+samples against true SR background.
+
+``null`` (``--null-seeds K``): background only, the CATHODE search and its bump hunt at cuts
+keeping 20 % and 5 % of the SR; the local significances should be N(0, 1) (mean, std, max) and
+the cut efficiency flat in m_jj (the χ² p-values of the sculpting test should be uniform).
+
+``lhco`` (``--lhco``): the real arrays of ``../shared/data/lhco-rd-sr`` with the pseudo signal
+window ``--window`` (default 3.45–3.55 TeV; the rest of 3.3–3.7 plays the sidebands), with
+``--inject`` extra signal events added to the train+val "data" (1500 gives S/B ≈ 2.8 % in the
+window). Test: the window's events of innerdata_test (background split in half: one half is the
+idealized detector's "true background", the other half is scored).
+
+Writes ``anomaly.json`` (settings, environment, every record, summaries, targets) and
+``anomaly.png`` (SIC curves of the first seed; per-method max SIC over seeds; null significances).
+
+Usage::
+
+    python applications/benchmarks/anomaly.py --seeds 5 --null-seeds 50 --lhco --out results/anomaly
+    python applications/benchmarks/anomaly.py --quick --out /tmp/anomaly          # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nfapps.anomaly.bumphunt import bump_hunt, sculpting
+from nfapps.anomaly.classifier import ClassifierSettings
+from nfapps.anomaly.density import ConditionalDensity, DensitySettings
+from nfapps.anomaly.methods import anode, cathode, cwola, idealized, supervised, two_sample_auc
+from nfapps.anomaly.metrics import roc
+from nfapps.anomaly.search import default_fit_range
+from nfapps.anomaly.synthetic import DijetModel, make_dataset, n_signal_for
+from nfapps.outputs import pyplot, save_figure, write_json
+
+logger = logging.getLogger("anomaly-benchmark")
+SR = (3.3, 3.7)
+LHCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lhco-rd-sr"
+
+
+@dataclass
+class Settings:
+    background: int
+    s_over_b: float
+    test_background: int
+    test_signal: int
+    density: DensitySettings
+    classifier: ClassifierSettings
+    folds: int
+    device: str
+
+
+def _sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n events of one class inside the SR (rejection on m_jj)."""
+    ms, xs = [], []
+    while sum(len(m) for m in ms) < n:
+        m, x = (model.sample_signal if signal else model.sample_background)(4 * n, rng)
+        keep = (m > SR[0]) & (m < SR[1])
+        ms.append(m[keep])
+        xs.append(x[keep])
+    return np.concatenate(ms)[:n], np.concatenate(xs)[:n]
+
+
+def _max_sic(scores: np.ndarray, labels: np.ndarray) -> tuple[float, object]:
+    curve = roc(scores, labels)
+    return curve.max_sic, curve
+
+
+def synthetic_seed(seed: int, s: Settings) -> dict:
+    torch.manual_seed(seed)
+    model = DijetModel()
+    n_signal = n_signal_for(model, s.s_over_b, s.background)
+    data = make_dataset(model, s.background, n_signal, seed)
+    m, x, y = data["mjj"], np.c_[data["mj1"], data["delta_mj"], data["tau21_1"], data["tau21_2"]], data["label"]
+    in_sr = (m > SR[0]) & (m < SR[1])
+    rng = np.random.default_rng(10_000 + seed)
+    m_tb, x_tb = _sr_events(model, s.test_background, False, rng)
+    m_ts, x_ts = _sr_events(model, s.test_signal, True, rng)
+    m_t, x_t, y_t = np.r_[m_tb, m_ts], np.r_[x_tb, x_ts], np.r_[np.zeros(len(m_tb)), np.ones(len(m_ts))]
+    started = time.perf_counter()
+    density = DensitySettings(**{**s.density.__dict__, "seed": seed})
+    classifier = ClassifierSettings(**{**s.classifier.__dict__, "seed": seed})
+    background = ConditionalDensity.fit(x[~in_sr], m[~in_sr], density, s.device, progress=False)
+    t_density = time.perf_counter() - started
+    record: dict = {"seed": seed, "n_signal": int(n_signal), "sr_signal": int(y[in_sr].sum()),
+                    "sr_s_over_b": float(y[in_sr].sum() / (1 - y[in_sr]).sum()), "time_density_s": t_density}
+    curves = {}
+    record["max_sic_true_ratio"], curves["true likelihood ratio"] = _max_sic(model.log_likelihood_ratio(m_t, x_t), y_t)
+    methods = {
+        "cathode": lambda: cathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], SR, background, classifier=classifier,
+                                   folds=s.folds, device=s.device, progress=False, seed=seed),
+        "anode": lambda: anode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background, density, s.device, progress=False),
+        "cwola": lambda: cwola(x[~in_sr], x[in_sr], classifier, s.folds, s.device, progress=False),
+        "idealized": lambda: idealized(x[in_sr], model.sample_background_features(_sr_events(model, 4 * int(in_sr.sum()), False, rng)[0], rng),
+                                       classifier, s.folds, s.device, progress=False),
+        "supervised": lambda: supervised(_sr_events(model, s.test_signal, True, rng)[1], _sr_events(model, s.test_background, False, rng)[1],
+                                         x[in_sr], classifier, s.device),
+    }
+    for name, run in methods.items():
+        t0 = time.perf_counter()
+        scores = run()
+        record[f"max_sic_{name}"], curves[name] = _max_sic(scores(x_t, m_t), y_t)
+        record[f"time_{name}_s"] = time.perf_counter() - t0
+        record[f"ratio_{name}"] = record[f"max_sic_{name}"] / record["max_sic_true_ratio"]
+        logger.info("seed %d %s: max SIC %.2f (true ratio %.2f)", seed, name, record[f"max_sic_{name}"], record["max_sic_true_ratio"])
+    flow_samples = background.sample(m_tb, seed=seed)
+    record["two_sample_auc_true_background"] = two_sample_auc(flow_samples, x_tb, classifier, s.device, seed)
+    record["curves"] = {k: {"signal_efficiency": c.signal_efficiency[:: max(1, len(c.sic) // 300)].tolist(),
+                            "sic": c.sic[:: max(1, len(c.sic) // 300)].tolist()} for k, c in curves.items()}
+    return record
+
+
+def null_seed(seed: int, s: Settings) -> dict:
+    model = DijetModel()
+    data = make_dataset(model, s.background, 0, 5000 + seed)
+    m, x = data["mjj"], np.c_[data["mj1"], data["delta_mj"], data["tau21_1"], data["tau21_2"]]
+    in_sr = (m > SR[0]) & (m < SR[1])
+    density = DensitySettings(**{**s.density.__dict__, "seed": seed})
+    classifier = ClassifierSettings(**{**s.classifier.__dict__, "seed": seed})
+    result = cathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], SR, settings=density, classifier=classifier,
+                     folds=s.folds, device=s.device, progress=False, seed=seed)
+    score = np.empty(len(m))
+    score[in_sr], score[~in_sr] = result.sr, result(x[~in_sr], m[~in_sr])
+    fit_range = default_fit_range(m, SR)
+    record = {"seed": seed}
+    for keep in (0.2, 0.05):
+        threshold = float(np.quantile(score[in_sr], 1 - keep))
+        hunt = bump_hunt(m, score, SR, fit_range, threshold=threshold)
+        edges = np.linspace(*fit_range, 21)
+        record[f"significance_{keep:g}"] = hunt.significance
+        record[f"sculpting_p_{keep:g}"] = sculpting(m, score > threshold, edges)["p_value"]
+    logger.info("null seed %d: Z = %.2f (20 %%), %.2f (5 %%)", seed, record["significance_0.2"], record["significance_0.05"])
+    return record
+
+
+def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0) -> dict:
+    files = {k: np.load(LHCO / f"innerdata_{k}.npy") for k in ("train", "val", "test", "extrasig_train")}
+    data = np.r_[files["train"], files["val"], files["extrasig_train"][:inject]]
+    m, x, y = data[:, 0], data[:, 1:5], data[:, 5]
+    inside = (m > window[0]) & (m < window[1])
+    test = files["test"][(files["test"][:, 0] > window[0]) & (files["test"][:, 0] < window[1])]
+    background_test = test[test[:, 5] == 0]
+    half = len(background_test) // 2
+    truth, scored = background_test[:half], np.r_[background_test[half:], test[test[:, 5] == 1]]
+    x_t, m_t, y_t = scored[:, 1:5], scored[:, 0], scored[:, 5]
+    record = {"inject": inject, "window": list(window), "window_events": int(inside.sum()), "window_signal": int(y[inside].sum()),
+              "window_s_over_b": float(y[inside].sum() / (1 - y[inside]).sum())}
+    density = DensitySettings(**{**s.density.__dict__, "seed": seed})
+    background = ConditionalDensity.fit(x[~inside], m[~inside], density, s.device, progress=False)
+    for name, run in {
+        "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=s.classifier,
+                                   folds=s.folds, device=s.device, progress=False, seed=seed),
+        "cwola": lambda: cwola(x[~inside], x[inside], s.classifier, s.folds, s.device, progress=False),
+        "idealized": lambda: idealized(x[inside], truth[:, 1:5], s.classifier, s.folds, s.device, progress=False),
+        "anode": lambda: anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device, progress=False),
+    }.items():
+        record[f"max_sic_{name}"] = roc(run()(x_t, m_t), y_t).max_sic
+        logger.info("LHCO inject %d %s: max SIC %.2f", inject, name, record[f"max_sic_{name}"])
+    return record
+
+
+def _spread(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"median": float(np.median(v)), "p16": float(np.quantile(v, 0.16)), "p84": float(np.quantile(v, 0.84)), "n": len(v)}
+
+
+def summarise(synthetic: list[dict], null: list[dict], real: list[dict]) -> tuple[dict, list[dict]]:
+    summary: dict = {}
+    targets: list[dict] = []
+
+    def target(name, value, goal, passed):
+        targets.append({"target": name, "value": value, "goal": goal, "pass": bool(passed)})
+
+    if synthetic:
+        for key in ("max_sic_true_ratio", "max_sic_cathode", "max_sic_anode", "max_sic_cwola", "max_sic_idealized",
+                    "max_sic_supervised", "ratio_supervised", "ratio_cathode", "ratio_idealized", "ratio_anode", "ratio_cwola",
+                    "two_sample_auc_true_background"):
+            summary[key] = _spread([r[key] for r in synthetic])
+        target("CATHODE max SIC / true-ratio max SIC (median)", summary["ratio_cathode"]["median"], "≥ 0.7",
+               summary["ratio_cathode"]["median"] >= 0.7)
+        target("idealized max SIC / true-ratio max SIC (median)", summary["ratio_idealized"]["median"], "≥ 0.8",
+               summary["ratio_idealized"]["median"] >= 0.8)
+        target("two-sample AUC flow vs true SR background (median)", summary["two_sample_auc_true_background"]["median"],
+               "≤ 0.52", summary["two_sample_auc_true_background"]["median"] <= 0.52)
+    if null:
+        for keep in ("0.2", "0.05"):
+            z = np.array([r[f"significance_{keep}"] for r in null], dtype=float)
+            z = z[np.isfinite(z)]
+            p = np.array([r[f"sculpting_p_{keep}"] for r in null], dtype=float)
+            summary[f"null_{keep}"] = {"mean": float(z.mean()), "std": float(z.std(ddof=1)) if len(z) > 1 else None,
+                                       "max": float(z.max()), "n": int(len(z)), "sculpting_p_below_0.05": float((p < 0.05).mean())}
+            target(f"null significance at {keep} of the SR kept: |mean| ≤ 3/√n, std in [0.75, 1.25], max < 5",
+                   [summary[f"null_{keep}"]["mean"], summary[f"null_{keep}"]["std"], summary[f"null_{keep}"]["max"]], "N(0,1)",
+                   abs(z.mean()) <= 3 / np.sqrt(len(z)) and len(z) > 1 and 0.75 <= z.std(ddof=1) <= 1.25 and z.max() < 5)
+    for r in real:
+        if r["inject"] >= 1000:
+            target(f"LHCO window S/B {r['window_s_over_b']:.3f}: CATHODE max SIC", r["max_sic_cathode"], "> 7.2",
+                   r["max_sic_cathode"] > 7.2)
+        else:
+            target(f"LHCO window S/B {r['window_s_over_b']:.3f}: CATHODE max SIC vs CWoLa", [r["max_sic_cathode"], r["max_sic_cwola"]],
+                   "CATHODE > CWoLa", r["max_sic_cathode"] > r["max_sic_cwola"])
+    return summary, targets
+
+
+def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict]) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    if synthetic:
+        for name, curve in synthetic[0]["curves"].items():
+            axes[0].plot(curve["signal_efficiency"], curve["sic"], label=name)
+        axes[0].set(xlabel="signal efficiency", ylabel="SIC", title=f"synthetic, seed {synthetic[0]['seed']}")
+        axes[0].legend(fontsize=8)
+        names = ["cathode", "anode", "cwola", "idealized", "supervised", "true_ratio"]
+        for i, name in enumerate(names):
+            values = [r[f"max_sic_{name}"] for r in synthetic]
+            axes[1].scatter([i] * len(values), values, s=12)
+        axes[1].set_xticks(range(len(names)), names, rotation=30)
+        axes[1].set(ylabel="max SIC", title=f"synthetic, {len(synthetic)} seeds")
+    if null:
+        z = [r["significance_0.2"] for r in null]
+        axes[2].hist(z, bins=15, range=(-4, 4), density=True, histtype="step", label="20 % kept")
+        grid = np.linspace(-4, 4, 200)
+        axes[2].plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), label="N(0, 1)")
+        axes[2].set(xlabel="local significance, background only", title=f"{len(null)} seeds")
+        axes[2].legend(fontsize=8)
+    elif real:
+        for i, r in enumerate(real):
+            axes[2].bar(np.arange(4) + 0.4 * i, [r[f"max_sic_{k}"] for k in ("cathode", "anode", "cwola", "idealized")], 0.4,
+                        label=f"LHCO S/B {r['window_s_over_b']:.3f}")
+        axes[2].set_xticks(np.arange(4) + 0.2, ["cathode", "anode", "cwola", "idealized"])
+        axes[2].set(ylabel="max SIC")
+        axes[2].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=5, help="synthetic seeds (0: skip)")
+    p.add_argument("--null-seeds", type=int, default=0, help="background-only seeds for the bump hunt (0: skip)")
+    p.add_argument("--lhco", action="store_true", help="also run on the real LHCO SR arrays")
+    p.add_argument("--inject", type=int, nargs="+", default=[1500, 300], help="extra LHCO signal injected (default 1500 300)")
+    p.add_argument("--window", type=float, nargs=2, default=[3.45, 3.55])
+    p.add_argument("--background", type=int, default=1_000_000)
+    p.add_argument("--s-over-b", type=float, default=0.006)
+    p.add_argument("--test-background", type=int, default=40_000)
+    p.add_argument("--test-signal", type=int, default=20_000)
+    p.add_argument("--epochs", type=int, default=100, help="density epochs (early stopping)")
+    p.add_argument("--transforms", type=int, default=8)
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    p.add_argument("--classifier-epochs", type=int, default=60)
+    p.add_argument("--top-epochs", type=int, default=10)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: small everything")
+    p.add_argument("--out", default="applications/benchmarks/results")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.null_seeds, args.background = min(args.seeds, 1), min(args.null_seeds, 2), 60_000
+        args.test_background, args.test_signal, args.epochs, args.classifier_epochs = 4000, 2000, 5, 4
+        args.transforms, args.hidden, args.top_epochs, args.folds, args.s_over_b = 3, [32, 32], 2, 2, 0.05
+    s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
+                 DensitySettings(epochs=args.epochs, transforms=args.transforms, hidden=tuple(args.hidden)),
+                 ClassifierSettings(epochs=args.classifier_epochs, top_epochs=args.top_epochs), args.folds, args.device)
+    started = time.perf_counter()
+    synthetic = [synthetic_seed(seed, s) for seed in range(args.seeds)]
+    null = [null_seed(seed, s) for seed in range(args.null_seeds)]
+    real = []
+    if args.lhco:
+        if not LHCO.is_dir():
+            logger.warning("no LHCO arrays at %s: skipping the real-data part", LHCO)
+        else:
+            real = [lhco(s, inject, tuple(args.window)) for inject in args.inject]
+    summary, targets = summarise(synthetic, null, real)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": " ".join(["applications/benchmarks/anomaly.py", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {k: v for k, v in vars(args).items()},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+                        "threads": torch.get_num_threads()},
+        "synthetic": [{k: v for k, v in r.items() if k != "curves"} for r in synthetic], "null": null, "lhco": real,
+        "summary": summary, "targets": targets, "wall_time_s": time.perf_counter() - started,
+    }
+    write_json(out / "anomaly.json", result)
+    plot(out / "anomaly.png", synthetic, null, real)
+    print(f"\n{'target':<75} {'value':>22} {'goal':>16}  result")
+    for t in targets:
+        value = t["value"] if not isinstance(t["value"], list) else "/".join(f"{v:.3g}" for v in t["value"] if v is not None)
+        print(f"{t['target']:<75} {value if isinstance(value, str) else f'{value:.3g}':>22} {t['goal']:>16}  {'PASS' if t['pass'] else 'FAIL'}")
+    if synthetic:
+        print("\nsynthetic max SIC (median [16 %, 84 %]) and ratio to the true likelihood ratio's:")
+        for name in ("true_ratio", "supervised", "idealized", "cathode", "anode", "cwola"):
+            sic = summary[f"max_sic_{name}"]
+            ratio = summary.get(f"ratio_{name}")
+            print(f"  {name:<12} {sic['median']:7.2f} [{sic['p16']:.2f}, {sic['p84']:.2f}]"
+                  + (f"   ratio {ratio['median']:.2f}" if ratio else ""))
+    for r in real:
+        print(f"LHCO window S/B {r['window_s_over_b']:.4f} (inject {r['inject']}): "
+              + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in ("cathode", "anode", "cwola", "idealized")))
+    print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The ``nfapps anomaly`` commands as functions: generate synthetic events, run a search."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..device import resolve_device
+from .classifier import ClassifierSettings
+from .density import DensitySettings
+from .readers import read_events
+from .search import SearchSettings, run_search
+from .synthetic import DijetModel, make_dataset, n_signal_for, write_hdf5, write_root
+
+logger = logging.getLogger(__name__)
+
+
+def run_generate(out: str | Path, background: int, signal: int | None = None, s_over_b: float | None = 0.006,
+                 correlation: float = 0.0, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Write synthetic events to ``out`` (.h5/.hdf5 or .root): ``background`` events and either
+    ``signal`` events or as many as give ``s_over_b`` in the signal region 3.3–3.7 TeV."""
+    out = Path(out)
+    if out.suffix.lower() not in (".h5", ".hdf5", ".root"):
+        raise ValueError(f"--out must end in .h5, .hdf5 or .root, got {out.name}")
+    if background < 1 or (signal is not None and signal < 0):
+        raise ValueError(f"need --background ≥ 1 and --signal ≥ 0, got {background} and {signal}")
+    model = DijetModel(correlation=correlation)
+    if signal is None:
+        signal = n_signal_for(model, s_over_b, background)
+    data = make_dataset(model, background, signal, seed)
+    (write_root if out.suffix.lower() == ".root" else write_hdf5)(out, data, model=model, overwrite=overwrite)
+    return {"out": str(out), "background": background, "signal": signal, "correlation": correlation, "seed": seed,
+            "columns": list(data)}
+
+
+def run_search_job(path: str | Path, mass: str, features: Sequence[str], sr: Sequence[float], method: str,
+                   out: str | Path, *, label: str | None = None, tree: str | None = None, key: str | None = None,
+                   columns: Sequence[str] | None = None, epochs: int = 100, classifier_epochs: int = 40, folds: int = 5,
+                   seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Read the events and run :func:`~nfapps.anomaly.search.run_search` into ``out``."""
+    events = read_events(path, mass, list(features), tree=tree, key=key, label=label, columns=columns)
+    logger.info("read %d events with features %s from %s", len(events), events.names, path)
+    settings = SearchSettings(
+        sr=tuple(sr), method=method, folds=folds, seed=seed,
+        density=DensitySettings(epochs=epochs, seed=seed),
+        classifier=ClassifierSettings(epochs=classifier_epochs, top_epochs=min(5, classifier_epochs), seed=seed),
+    )
+    return run_search(events, out, settings, str(resolve_device(device)), progress)
+
+
+__all__ = ["run_generate", "run_search_job"]

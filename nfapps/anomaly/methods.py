@@ -1,0 +1,141 @@
+"""Anomaly scores for a resonant search: ANODE, CATHODE, CWoLa and the two references.
+
+The events split by the resonant mass m into a signal region (SR, where a bump may be) and
+sidebands (SB). With x the other features, the optimal score inside the SR is the likelihood
+ratio p_data(x|m)/p_bkg(x|m); the methods differ in how they get at p_bkg, which the SR data
+cannot give (it contains the signal):
+
+- **ANODE** (Nachman & Shih 2020): a conditional flow learns p_bkg(x|m) in the SB and
+  interpolates it into the SR; a second flow learns p_data(x|m) in the SR; score =
+  log p_data − log p_bkg. The two densities share one preprocessing.
+- **CATHODE** (Hallin et al. 2022): the same SB flow is *sampled* in the SR, at masses drawn from a
+  kernel density estimate of the SR m values, ``oversample`` times as many as there are SR
+  events; classifiers learn SR data against these samples (cross-fitted, epoch-ensembled), and
+  their output is the score. Sampling is forgiving where the density itself is not: the
+  classifier only needs the samples to be right where the data are.
+- **CWoLa** (Metodiev, Nachman, Thaler 2017): classifiers learn SR data against SB data; fine
+  when x does not depend on m, sculpted when it does.
+- **idealized**: CATHODE with perfect background samples (known only for synthetic or
+  labelled data) — the best any sampling method can do.
+- **supervised**: classifiers learn labelled signal against labelled background — the ceiling.
+
+Every method returns :class:`Scores`: an out-of-sample score of every SR data event (for the
+bump hunt on the same events) and a scorer for new events (for test sets and sidebands).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import gaussian_kde
+
+from .classifier import ClassifierSettings, CrossFit, cross_fit, train_classifier
+from .density import ConditionalDensity, DensitySettings
+from .metrics import auc
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("cathode", "anode", "cwola", "idealized", "supervised")
+
+
+@dataclass
+class Scores:
+    """A method's anomaly scores: larger is more signal-like."""
+
+    method: str
+    sr: np.ndarray  # one out-of-sample score per SR data event
+    scorer: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(repr=False)  # (x, m) ↦ scores
+    diagnostics: dict = field(default_factory=dict)
+
+    def __call__(self, x: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return self.scorer(np.asarray(x, dtype=np.float64), np.asarray(m, dtype=np.float64))
+
+
+def _crossfit_scores(method: str, fitted: CrossFit, **diagnostics) -> Scores:
+    return Scores(method, fitted.out_of_fold, lambda x, m: fitted.predict(x), diagnostics)
+
+
+def anode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | None = None, settings: DensitySettings | None = None,
+          device: str = "auto", progress: bool = True) -> Scores:
+    """log p_data(x|m) − log p_bkg(x|m), p_bkg from the SB (or ``background``), p_data from the SR.
+    The SR events' scores are in-sample for p_data (ANODE has no held-out fold)."""
+    background = background or ConditionalDensity.fit(x_sb, m_sb, settings, device, progress=progress)
+    data = ConditionalDensity.fit(x_sr, m_sr, settings, device, progress=progress, scaler=background.scaler)
+
+    def score(x, m):
+        return data.log_prob(x, m) - background.log_prob(x, m)
+
+    return Scores("anode", score(x_sr, m_sr), score)
+
+
+def sample_sr_masses(m_sr: np.ndarray, n: int, sr: tuple[float, float], seed: int = 0) -> np.ndarray:
+    """n masses from a Gaussian kernel density estimate of the SR masses, redrawn until inside the SR."""
+    kde = gaussian_kde(np.asarray(m_sr, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    out = np.empty(0)
+    while len(out) < n:
+        draw = kde.resample(2 * (n - len(out)) + 16, seed=rng)[0]
+        out = np.r_[out, draw[(draw > sr[0]) & (draw < sr[1])]]
+    return out[:n]
+
+
+def background_samples(background: ConditionalDensity, m_sr: np.ndarray, sr: tuple[float, float], oversample: float = 4.0,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CATHODE's synthetic SR background: ``oversample`` × len(m_sr) draws (x, m) of the SB flow."""
+    m = sample_sr_masses(m_sr, int(round(oversample * len(m_sr))), sr, seed)
+    return background.sample(m, seed=seed), m
+
+
+def cathode(x_sb, m_sb, x_sr, m_sr, sr: tuple[float, float], background: ConditionalDensity | None = None,
+            settings: DensitySettings | None = None, classifier: ClassifierSettings | None = None, oversample: float = 4.0,
+            folds: int = 5, device: str = "auto", progress: bool = True, seed: int = 0) -> Scores:
+    """Classifiers of SR data against samples of the SB flow interpolated into the SR."""
+    background = background or ConditionalDensity.fit(x_sb, m_sb, settings, device, progress=progress)
+    samples, m_samples = background_samples(background, m_sr, sr, oversample, seed)
+    fitted = cross_fit(np.asarray(x_sr), samples, folds, classifier, device, progress, desc="CATHODE classifiers")
+    result = _crossfit_scores("cathode", fitted)
+    result.diagnostics["samples"] = (samples, m_samples)
+    return result
+
+
+def cwola(x_sb, x_sr, classifier: ClassifierSettings | None = None, folds: int = 5, device: str = "auto",
+          progress: bool = True) -> Scores:
+    """Classifiers of SR data against SB data."""
+    return _crossfit_scores("cwola", cross_fit(np.asarray(x_sr), np.asarray(x_sb), folds, classifier, device, progress,
+                                               desc="CWoLa classifiers"))
+
+
+def idealized(x_sr, x_background_sr, classifier: ClassifierSettings | None = None, folds: int = 5, device: str = "auto",
+              progress: bool = True) -> Scores:
+    """Classifiers of SR data against true SR background events (a reference: needs the truth)."""
+    return _crossfit_scores("idealized", cross_fit(np.asarray(x_sr), np.asarray(x_background_sr), folds, classifier,
+                                                   device, progress, desc="idealized classifiers"))
+
+
+def supervised(x_signal, x_background, x_sr, classifier: ClassifierSettings | None = None, device: str = "auto") -> Scores:
+    """One classifier of labelled signal against labelled background (a reference: needs the labels)."""
+    model = train_classifier(np.concatenate([x_signal, x_background]),
+                             np.r_[np.ones(len(x_signal)), np.zeros(len(x_background))], classifier, device)
+    return Scores("supervised", model.predict(np.asarray(x_sr)), lambda x, m: model.predict(x))
+
+
+def two_sample_auc(a: np.ndarray, b: np.ndarray, classifier: ClassifierSettings | None = None, device: str = "auto",
+                   seed: int = 0) -> float:
+    """Classifier two-sample test: the held-out AUC of a classifier trained to tell a from b on
+    half of each (0.5: indistinguishable). Equal sizes are used (the larger is subsampled)."""
+    rng = np.random.default_rng(seed)
+    n = min(len(a), len(b))
+    if n < 20:
+        raise ValueError(f"a two-sample test needs at least 20 events per sample, got {len(a)} and {len(b)}")
+    a, b = np.asarray(a)[rng.permutation(len(a))[:n]], np.asarray(b)[rng.permutation(len(b))[:n]]
+    half = n // 2
+    model = train_classifier(np.concatenate([a[:half], b[:half]]), np.r_[np.ones(half), np.zeros(half)], classifier, device)
+    scores = model.predict(np.concatenate([a[half:], b[half:]]))
+    return auc(scores, np.r_[np.ones(n - half), np.zeros(n - half)])
+
+
+__all__ = ["METHODS", "Scores", "anode", "cathode", "cwola", "idealized", "supervised", "sample_sr_masses",
+           "background_samples", "two_sample_auc"]

@@ -1,0 +1,132 @@
+"""Preprocessing for density estimation: a logit with margins, then standardisation.
+
+Jet features live on bounded or half-bounded ranges (τ21 ∈ [0, 1], masses ≥ 0) with hard
+edges that a flow with a Gaussian base models badly. Each feature j is mapped as
+
+    u_j = margin + (1 − 2·margin) · (x_j − low_j) / (high_j − low_j),   u_j ← clip(u_j, ε, 1 − ε)
+    y_j = (logit(u_j) − μ_j) / σ_j
+
+with low/high the feature's range on the data it was fitted on, ``margin`` (default 0.05) of
+room at each end for events slightly outside that range (e.g. signal-region events beyond the
+sidebands' extremes), and the clip at ε = 1e-6 so that no value — not even one far outside —
+becomes ±inf. μ, σ are the mean and standard deviation of logit(u) on the fitted data. The map
+is strictly increasing on [low − margin·span/(1 − 2·margin), high + …], and its inverse is exact
+there: x = low + (sigmoid(σ y + μ) − margin)·span/(1 − 2·margin).
+
+Density ratios computed in the preprocessed space (ANODE's p_data/p_bkg) need no Jacobian: it
+cancels. The conditioning variable (m_jj) is only standardised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CLIP = 1e-6
+
+
+def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (events, features), got shape {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"{name} has a non-finite value {x[row, col]} at event {row}, feature {col}: remove or fix such events first")
+    return x
+
+
+@dataclass
+class LogitScaler:
+    """The feature map y = (logit(u) − μ)/σ described in the module docstring, fitted on data."""
+
+    low: np.ndarray
+    high: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    margin: float = 0.05
+
+    @classmethod
+    def fit(cls, x: np.ndarray, margin: float = 0.05) -> "LogitScaler":
+        """Fit ranges and logit moments on x (events, features)."""
+        if not 0 < margin < 0.5:
+            raise ValueError(f"margin must be in (0, 0.5), got {margin}")
+        x = _check_matrix(x, "features")
+        if len(x) < 2:
+            raise ValueError(f"need at least 2 events to fit the preprocessing, got {len(x)}")
+        low, high = x.min(axis=0), x.max(axis=0)
+        constant = high <= low
+        if constant.any():
+            raise ValueError(f"feature(s) {np.flatnonzero(constant).tolist()} are constant: a constant feature carries no information, drop it")
+        scaler = cls(low, high, np.zeros(x.shape[1]), np.ones(x.shape[1]), float(margin))
+        logits = scaler._logit(x)
+        scaler.mean, scaler.std = logits.mean(axis=0), logits.std(axis=0)
+        return scaler
+
+    def _unit(self, x: np.ndarray) -> np.ndarray:
+        return self.margin + (1 - 2 * self.margin) * (x - self.low) / (self.high - self.low)
+
+    def _logit(self, x: np.ndarray) -> np.ndarray:
+        u = self._unit(x)
+        outside = (u < CLIP) | (u > 1 - CLIP)
+        if outside.any():
+            logger.warning("%d value(s) lie beyond the preprocessing's margins and are clipped", int(outside.sum()))
+        u = np.clip(u, CLIP, 1 - CLIP)
+        return np.log(u) - np.log1p(-u)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Physical features → preprocessed features (always finite)."""
+        x = _check_matrix(x, "features")
+        if x.shape[1] != len(self.low):
+            raise ValueError(f"expected {len(self.low)} features, got {x.shape[1]}")
+        return (self._logit(x) - self.mean) / self.std
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Preprocessed features → physical features."""
+        y = _check_matrix(y, "preprocessed features")
+        u = 1 / (1 + np.exp(-(y * self.std + self.mean)))
+        return self.low + (u - self.margin) * (self.high - self.low) / (1 - 2 * self.margin)
+
+    def state(self) -> dict:
+        return {"low": self.low.tolist(), "high": self.high.tolist(), "mean": self.mean.tolist(),
+                "std": self.std.tolist(), "margin": self.margin}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "LogitScaler":
+        return cls(*(np.asarray(state[k], dtype=np.float64) for k in ("low", "high", "mean", "std")), float(state["margin"]))
+
+
+@dataclass
+class Standardizer:
+    """y = (x − μ)/σ per column, fitted on data (for the conditioning mass and classifier inputs)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardizer":
+        x = _check_matrix(np.asarray(x, dtype=np.float64).reshape(len(x), -1), "values")
+        std = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return ((x.reshape(len(x), -1) - self.mean) / self.std).reshape(x.shape)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        return (y.reshape(len(y), -1) * self.std + self.mean).reshape(y.shape)
+
+    def state(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Standardizer":
+        return cls(np.asarray(state["mean"], dtype=np.float64), np.asarray(state["std"], dtype=np.float64))
+
+
+__all__ = ["LogitScaler", "Standardizer"]

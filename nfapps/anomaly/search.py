@@ -1,0 +1,219 @@
+"""An anomaly search job: events in, scores, diagnostics, a bump hunt and plots out.
+
+``run_search(events, out, sr=(3.3, 3.7), method="cathode")`` does, in the run directory ``out``:
+
+1. splits the events by the resonant mass into the signal region (SR) and the sidebands (SB),
+   and holds out a tenth of the SB events as a control sample;
+2. trains the background density p(x | m) on the other SB events (methods anode, cathode;
+   checkpointed in ``background.ckpt``, saved as ``background.nfapps``: an interrupted run resumes);
+3. scores every event with the method (:mod:`~nfapps.anomaly.methods`) — SR events out of sample;
+4. checks the flow: a classifier two-sample test of flow samples against the held-out SB events at
+   the same masses (AUC 0.5: indistinguishable), and a plot of SR data against flow samples;
+5. with truth labels, the ROC and SIC curves (cuts keeping ≥ 25 background events) and max SIC;
+6. for cuts keeping 20 %, 5 % and 1 % of the SR events, the bump hunt
+   (:func:`~nfapps.anomaly.bumphunt.bump_hunt`: sideband fit of m, SR prediction, local
+   significance) and the cut efficiency against m on the SB (and, with labels, background) events;
+7. writes ``summary.json``, ``scores.csv`` (one row per event: mass, region, score, label) and
+   ``features.png``, ``sic.png``, ``spectrum_<cut>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_bytes_atomic
+from ..outputs import pyplot, save_figure, write_json
+from .bumphunt import bump_hunt, plot_bump_hunt, sculpting
+from .classifier import ClassifierSettings
+from .density import ConditionalDensity, DensitySettings
+from .methods import METHODS, anode, background_samples, cathode, cwola, supervised, two_sample_auc
+from .metrics import roc
+from .readers import Events
+
+logger = logging.getLogger(__name__)
+
+SEARCH_METHODS = ("cathode", "anode", "cwola", "supervised")
+CUTS = (0.2, 0.05, 0.01)
+
+
+@dataclass
+class SearchSettings:
+    """What the search does; stored in the run directory's summary."""
+
+    sr: tuple[float, float] = (3.3, 3.7)
+    method: str = "cathode"
+    mass_range: tuple[float, float] | None = None  # of the bump hunt's fit; default from the spectrum's peak up
+    density: DensitySettings = field(default_factory=DensitySettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    folds: int = 5
+    oversample: float = 4.0
+    control_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in SEARCH_METHODS:
+            raise ValueError(f"method must be one of {SEARCH_METHODS}, got {self.method!r}")
+        low, high = (float(v) for v in self.sr)
+        if not low < high:
+            raise ValueError(f"the signal region must be (low, high) with low < high, got {self.sr}")
+        self.sr = (low, high)
+        if not 0 < self.control_fraction < 0.5:
+            raise ValueError(f"control_fraction must be in (0, 0.5), got {self.control_fraction}")
+
+
+def _split(events: Events, s: SearchSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks: SR; SB used for training; SB held out as control."""
+    in_sr = (events.mass > s.sr[0]) & (events.mass < s.sr[1])
+    sb = np.flatnonzero(~in_sr)
+    control = np.zeros(len(events), dtype=bool)
+    control[np.random.default_rng(s.seed).permutation(sb)[: int(round(s.control_fraction * len(sb)))]] = True
+    if in_sr.sum() < 50 or (~in_sr & ~control).sum() < 50:
+        raise ValueError(f"the signal region {s.sr} leaves {int(in_sr.sum())} events inside and {int((~in_sr).sum())} in the "
+                         "sidebands: each needs at least 50; check --sr against the range of the mass")
+    return in_sr, ~in_sr & ~control, control
+
+
+def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path, device: str, progress: bool) -> ConditionalDensity:
+    saved = out / "background.nfapps"
+    if saved.is_file():
+        logger.info("using the background density in %s", saved)
+        return ConditionalDensity.load(saved)
+    density = ConditionalDensity.fit(events.features[train], events.mass[train], s.density, device,
+                                     checkpoint=out / "background.ckpt", progress=progress)
+    density.save(saved)
+    return density
+
+
+def _scores(events: Events, masks, s: SearchSettings, background, device: str, progress: bool):
+    in_sr, train, _ = masks
+    x, m = events.features, events.mass
+    if s.method == "cathode":
+        return cathode(x[train], m[train], x[in_sr], m[in_sr], s.sr, background, classifier=s.classifier,
+                       oversample=s.oversample, folds=s.folds, device=device, progress=progress, seed=s.seed)
+    if s.method == "anode":
+        return anode(x[train], m[train], x[in_sr], m[in_sr], background, s.density, device, progress)
+    if s.method == "cwola":
+        return cwola(x[train], x[in_sr], s.classifier, s.folds, device, progress)
+    if events.labels is None:
+        raise ValueError("method 'supervised' needs truth labels: pass --label with the name of the label column")
+    return supervised(x[events.labels == 1], x[events.labels == 0], x[in_sr], s.classifier, device)
+
+
+def run_search(events: Events, out: str | Path, settings: SearchSettings | None = None, device: str = "auto",
+               progress: bool = True) -> dict[str, Any]:
+    """Run the search described in the module docstring; returns the summary written to summary.json."""
+    s = settings or SearchSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    masks = _split(events, s)
+    in_sr, train, control = masks
+    x, m, labels = events.features, events.mass, events.labels
+    background = _background(events, train, s, out, device, progress) if s.method in ("cathode", "anode") else None
+    result = _scores(events, masks, s, background, device, progress)
+    score = np.empty(len(events))
+    score[in_sr] = result.sr
+    score[~in_sr] = result(x[~in_sr], m[~in_sr])
+
+    summary: dict[str, Any] = {
+        "method": s.method, "settings": asdict(s), "features": events.names, "mass": events.mass_name,
+        "source": events.source, "events": len(events), "sr_events": int(in_sr.sum()), "sb_events": int(train.sum()),
+        "control_events": int(control.sum()), "device": device,
+    }
+    if labels is not None:
+        summary["sr_signal"] = int(labels[in_sr].sum())
+        summary["sr_s_over_b"] = float(labels[in_sr].sum() / max((1 - labels[in_sr]).sum(), 1))
+    samples = None
+    if background is not None:
+        samples, m_samples = result.diagnostics.get("samples") or background_samples(background, m[in_sr], s.sr, 1.0, s.seed)
+        control_samples = background.sample(m[control], seed=s.seed + 1)
+        summary["two_sample_auc_control"] = two_sample_auc(control_samples, x[control], s.classifier, device, s.seed)
+        _plot_features(out / "features.png", x[in_sr], samples, events.names, s.sr)
+    if labels is not None and 0 < labels[in_sr].sum() < in_sr.sum():
+        curve = roc(score[in_sr], labels[in_sr])
+        summary["max_sic"] = curve.max_sic
+        summary["roc"] = curve.to_dict()
+        _plot_sic(out / "sic.png", {s.method: curve})
+    summary["bump_hunt"] = _bump_hunts(events, score, in_sr, s, out)
+    summary["wall_time_s"] = time.perf_counter() - started
+    _write_scores(out / "scores.csv", m, np.where(in_sr, "SR", np.where(control, "control", "SB")), score, labels)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _bump_hunts(events: Events, score: np.ndarray, in_sr: np.ndarray, s: SearchSettings, out: Path) -> list[dict]:
+    m = events.mass
+    mass_range = s.mass_range or default_fit_range(m, s.sr)
+    edges = np.linspace(*mass_range, 21)
+    hunts = []
+    for keep in CUTS:
+        threshold = float(np.quantile(score[in_sr], 1 - keep))
+        try:
+            hunt = bump_hunt(m, score, s.sr, mass_range, threshold=threshold)
+        except ValueError as err:  # too few events left by a tight cut
+            logger.warning("bump hunt at %g %% of the SR kept: %s", 100 * keep, err)
+            hunts.append({"sr_efficiency": keep, "threshold": threshold, "error": str(err)})
+            continue
+        record = {"sr_efficiency": keep, "threshold": threshold, **hunt.to_dict()}
+        sidebands = ~in_sr if events.labels is None else events.labels == 0
+        record["sculpting"] = sculpting(m[sidebands], score[sidebands] > threshold, edges)
+        plot_bump_hunt(hunt, out / f"spectrum_{keep:g}.png", title=f"{s.method}: {100 * keep:g} % of the SR kept")
+        hunts.append(record)
+    return hunts
+
+
+def default_fit_range(m: np.ndarray, sr: tuple[float, float]) -> tuple[float, float]:
+    """The bump hunt's fit range when none is given: from just above the peak of the mass
+    spectrum (below it a trigger turn-on shapes the spectrum, which the dijet function does not
+    describe) to the largest mass; from the smallest mass if that start would not leave a lower
+    sideband."""
+    counts, edges = np.histogram(m, bins=100)
+    low = float(edges[min(int(np.argmax(counts)) + 2, len(edges) - 2)])
+    return (low if low < sr[0] else float(m.min())), float(m.max())
+
+
+def _write_scores(path: Path, m, region, score, labels) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["event", "mass", "region", "score"] + (["label"] if labels is not None else []))
+    for i in range(len(m)):
+        writer.writerow([i, repr(float(m[i])), region[i], repr(float(score[i]))] + ([int(labels[i])] if labels is not None else []))
+    write_bytes_atomic(path, buffer.getvalue().encode())
+
+
+def _plot_features(path: Path, data: np.ndarray, samples: np.ndarray, names: list[str], sr) -> None:
+    plt = pyplot()
+    k = data.shape[1]
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3))
+    for j, ax in enumerate(np.atleast_1d(axes)):
+        edges = np.quantile(np.r_[data[:, j], samples[:, j]], [0.001, 0.999])
+        bins = np.linspace(*edges, 41)
+        ax.hist(data[:, j], bins, density=True, histtype="step", label="SR data")
+        ax.hist(samples[:, j], bins, density=True, histtype="step", label="flow samples")
+        ax.set_xlabel(names[j])
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(f"signal region {sr[0]:g}–{sr[1]:g}: data and background-flow samples")
+    save_figure(fig, path)
+
+
+def _plot_sic(path: Path, curves: dict) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, curve in curves.items():
+        ax.plot(curve.signal_efficiency, curve.sic, label=f"{name} (max {curve.max_sic:.2f})")
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.set_xlabel("signal efficiency ε_S")
+    ax.set_ylabel("SIC = ε_S / √ε_B")
+    ax.legend()
+    save_figure(fig, path)
+
+
+__all__ = ["SearchSettings", "run_search", "SEARCH_METHODS", "METHODS"]

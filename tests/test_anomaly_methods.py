@@ -1,0 +1,152 @@
+"""Preprocessing, metrics, classifiers, the conditional density and the methods of the anomaly search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nfapps.anomaly.classifier import ClassifierSettings, cross_fit, train_classifier
+from nfapps.anomaly.density import ConditionalDensity, DensitySettings
+from nfapps.anomaly.methods import anode, cathode, cwola, idealized, sample_sr_masses, two_sample_auc
+from nfapps.anomaly.metrics import auc, max_sic, roc
+from nfapps.anomaly.preprocess import LogitScaler, Standardizer
+
+FAST_CLASSIFIER = ClassifierSettings(epochs=6, top_epochs=2, hidden=(32, 32))
+FAST_DENSITY = DensitySettings(epochs=15, transforms=3, hidden=(32, 32), patience=5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_events(n_background: int, n_signal: int, seed: int):
+    """Background: x depends smoothly on m ∈ [3, 4]; signal: a narrow peak at m = 3.5 with distinct x."""
+    rng = np.random.default_rng(seed)
+    m_b = rng.uniform(3.0, 4.0, n_background)
+    x_b = np.c_[rng.normal(0.3 * m_b, 0.5), rng.normal(0, 0.5, n_background), rng.beta(5, 3, n_background)]
+    m_s = rng.normal(3.5, 0.02, n_signal)
+    x_s = np.c_[rng.normal(1.8, 0.1, n_signal), rng.normal(1.0, 0.1, n_signal), rng.beta(2, 8, n_signal)]
+    labels = np.r_[np.zeros(n_background), np.ones(n_signal)]
+    return np.r_[x_b, x_s], np.r_[m_b, m_s], labels
+
+
+# -- preprocessing ---------------------------------------------------------------------------------
+
+
+def test_logit_scaler_round_trip_and_finite_far_outside():
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.beta(2, 5, 1000), rng.lognormal(0, 1, 1000)]
+    scaler = LogitScaler.fit(x)
+    y = scaler.transform(x)
+    assert np.allclose(scaler.inverse(y), x, rtol=1e-9, atol=1e-12)
+    assert np.allclose(y.mean(axis=0), 0, atol=1e-9) and np.allclose(y.std(axis=0), 1, atol=1e-9)
+    far = scaler.transform(np.array([[-1e6, 1e9], [x[:, 0].max(), x[:, 1].min()]]))
+    assert np.isfinite(far).all()
+
+
+def test_preprocessing_rejects_bad_input():
+    with pytest.raises(ValueError, match="non-finite value nan at event 1, feature 0"):
+        LogitScaler.fit(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 3.0]]))
+    with pytest.raises(ValueError, match="constant"):
+        LogitScaler.fit(np.array([[0.0, 1.0], [0.0, 2.0]]))
+    with pytest.raises(ValueError, match="expected 2 features, got 3"):
+        LogitScaler.fit(np.random.default_rng(0).normal(size=(10, 2))).transform(np.zeros((2, 3)))
+    s = Standardizer.fit(np.arange(10.0))
+    assert np.allclose(s.inverse(s.transform(np.arange(10.0))), np.arange(10.0))
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def test_auc_and_sic_against_direct_counts():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(2000), np.ones(500)]
+    scores = np.r_[rng.normal(0, 1, 2000), rng.normal(1, 1, 500)]
+    s, b = scores[labels == 1], scores[labels == 0]
+    direct = (s[:, None] > b[None, :]).mean()
+    assert auc(scores, labels) == pytest.approx(direct, abs=1e-12)
+    curve = roc(scores, labels, min_background=25)
+    assert curve.background_passing.min() >= 25
+    t = curve.thresholds[-1]
+    assert curve.signal_efficiency[-1] == pytest.approx((s >= t).mean())
+    assert curve.background_efficiency[-1] == pytest.approx((b >= t).mean())
+    assert max_sic(scores, labels) == pytest.approx(np.max(curve.signal_efficiency / np.sqrt(curve.background_efficiency)))
+    random = max_sic(rng.normal(size=2500), labels)
+    assert random < 2.5  # no information: SIC stays near 1 (noisy only through the 25-event floor)
+    with pytest.raises(ValueError, match="both signal"):
+        auc(scores, np.zeros(2500))
+    with pytest.raises(ValueError, match="fewer than 25 background"):
+        roc(scores[-520:], labels[-520:])
+
+
+# -- classifiers -----------------------------------------------------------------------------------
+
+
+def test_classifier_learns_and_cross_fit_scores_out_of_fold():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.8, 1, (1500, 2)), rng.normal(0, 1, (1500, 2))
+    model = train_classifier(np.r_[a, b], np.r_[np.ones(1500), np.zeros(1500)], FAST_CLASSIFIER, "cpu")
+    assert len(model.states) == FAST_CLASSIFIER.top_epochs
+    test_a, test_b = rng.normal(0.8, 1, (2000, 2)), rng.normal(0, 1, (2000, 2))
+    score = auc(model.predict(np.r_[test_a, test_b]), np.r_[np.ones(2000), np.zeros(2000)])
+    assert score > 0.68  # Bayes AUC for a shift of 0.8√2 σ is Φ(0.8) = 0.79
+    fitted = cross_fit(a, b, folds=3, settings=FAST_CLASSIFIER, device="cpu", progress=False)
+    assert fitted.out_of_fold.shape == (1500,) and len(fitted.members) == 3
+    # a memorising classifier would score its own training events near 1; out of fold they look like fresh ones
+    assert abs(fitted.out_of_fold.mean() - fitted.predict(test_a).mean()) < 0.03
+
+
+def test_two_sample_auc_is_half_for_equal_samples_and_high_for_different():
+    rng = np.random.default_rng(3)
+    same = two_sample_auc(rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)), FAST_CLASSIFIER, "cpu")
+    assert abs(same - 0.5) < 0.04
+    assert two_sample_auc(rng.normal(size=(2000, 2)), rng.normal(0.7, 1, (2000, 2)), FAST_CLASSIFIER, "cpu") > 0.65
+
+
+# -- density and methods ---------------------------------------------------------------------------
+
+
+def test_conditional_density_learns_the_mass_dependence_and_round_trips(tmp_path):
+    x, m, labels = toy_events(6000, 0, seed=4)
+    density = ConditionalDensity.fit(x, m, FAST_DENSITY, "cpu", progress=False)
+    m_test = np.full(4000, 3.9)
+    samples = density.sample(m_test, seed=1)
+    assert samples.shape == (4000, 3) and np.isfinite(samples).all()
+    assert samples[:, 0].mean() == pytest.approx(0.3 * 3.9, abs=0.08)  # the mean of x₀ follows 0.3 m
+    assert samples[:, 2].min() > -0.1 and samples[:, 2].max() < 1.1  # the Beta feature stays near [0, 1]
+    density.save(tmp_path / "bg.nfapps")
+    again = ConditionalDensity.load(tmp_path / "bg.nfapps")
+    assert np.array_equal(again.log_prob(x[:100], m[:100]), density.log_prob(x[:100], m[:100]))
+
+
+def test_sr_masses_follow_the_data_inside_the_window():
+    m = np.random.default_rng(5).uniform(3.3, 3.7, 3000)
+    draw = sample_sr_masses(m, 5000, (3.3, 3.7), seed=0)
+    assert draw.shape == (5000,) and draw.min() > 3.3 and draw.max() < 3.7
+    assert abs(draw.mean() - 3.5) < 0.01
+
+
+def test_methods_find_an_injected_signal_well_above_chance():
+    x, m, labels = toy_events(12000, 250, seed=6)
+    sr = (3.4, 3.6)
+    in_sr = (m > sr[0]) & (m < sr[1])
+    sb = ~in_sr
+    s_cathode = cathode(x[sb], m[sb], x[in_sr], m[in_sr], sr, settings=FAST_DENSITY, classifier=FAST_CLASSIFIER, folds=3,
+                        device="cpu", progress=False)
+    s_cwola = cwola(x[sb], x[in_sr], FAST_CLASSIFIER, folds=3, device="cpu", progress=False)
+    x_truth, m_truth, _ = toy_events(6000, 0, seed=7)
+    inside = (m_truth > sr[0]) & (m_truth < sr[1])
+    s_ideal = idealized(x[in_sr], x_truth[inside], FAST_CLASSIFIER, folds=3, device="cpu", progress=False)
+    s_anode = anode(x[sb], m[sb], x[in_sr], m[in_sr], settings=FAST_DENSITY, device="cpu", progress=False)
+    y = labels[in_sr]
+    for scores in (s_cathode, s_cwola, s_ideal, s_anode):
+        assert auc(scores.sr, y) > 0.85, scores.method
+    # and on fresh events, scored by the ensemble of the folds
+    x_new, m_new, y_new = toy_events(4000, 400, seed=8)
+    keep = (m_new > sr[0]) & (m_new < sr[1]) | (y_new == 1)
+    assert max_sic(s_cathode(x_new[keep], m_new[keep]), y_new[keep]) > 3

@@ -1,0 +1,100 @@
+"""The anomaly search end to end: synthetic events → files → `nfapps anomaly search` → results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nfapps.anomaly.classifier import ClassifierSettings
+from nfapps.anomaly.density import DensitySettings
+from nfapps.anomaly.job import run_generate
+from nfapps.anomaly.readers import read_events
+from nfapps.anomaly.search import SearchSettings, run_search
+from nfapps.cli import main
+
+FEATURES = ["mj1", "delta_mj", "tau21_1", "tau21_2"]
+FAST = dict(density=DensitySettings(epochs=6, transforms=3, hidden=(32, 32)),
+            classifier=ClassifierSettings(epochs=5, top_epochs=2, hidden=(32, 32)), folds=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def events_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("anomaly") / "events.h5"
+    run_generate(path, background=25_000, s_over_b=0.08, seed=1)
+    return path
+
+
+def test_search_finds_the_injected_signal_and_writes_every_output(events_file, tmp_path):
+    events = read_events(events_file, "mjj", FEATURES, label="label")
+    summary = run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method="cathode", **FAST), device="cpu",
+                         progress=False)
+    assert summary["sr_signal"] > 150 and 0.06 < summary["sr_s_over_b"] < 0.10
+    assert summary["max_sic"] > 3  # chance is ≈ 1
+    assert 0.4 < summary["two_sample_auc_control"] < 0.6
+    for name in ("summary.json", "scores.csv", "features.png", "sic.png", "spectrum_0.2.png", "background.nfapps"):
+        assert (tmp_path / "run" / name).is_file(), name
+    stored = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert stored["max_sic"] == pytest.approx(summary["max_sic"])
+    hunt = stored["bump_hunt"][0]
+    assert hunt["sr_efficiency"] == 0.2 and np.isfinite(hunt["significance"]) and "sculpting" in hunt
+    rows = (tmp_path / "run" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "event,mass,region,score,label" and len(rows) == len(events) + 1
+
+
+def test_an_interrupted_search_reuses_the_trained_background(events_file, tmp_path):
+    events = read_events(events_file, "mjj", FEATURES, label="label")
+    settings = SearchSettings(sr=(3.3, 3.7), method="anode", **FAST)
+    first = run_search(events, tmp_path / "run", settings, device="cpu", progress=False)
+    saved = (tmp_path / "run" / "background.nfapps").read_bytes()
+    again = run_search(events, tmp_path / "run", settings, device="cpu", progress=False)
+    assert (tmp_path / "run" / "background.nfapps").read_bytes() == saved  # loaded, not retrained
+    assert again["max_sic"] == pytest.approx(first["max_sic"])
+
+
+def test_cli_generate_and_search(tmp_path, capsys):
+    out = tmp_path / "ev.root"
+    assert main(["-q", "anomaly", "generate", "--background", "20000", "--signal", "600", "--out", str(out)]) == 0
+    assert main(["-q", "anomaly", "generate", "--background", "10", "--out", str(out)]) == 2  # refuses to overwrite
+    assert "refusing to overwrite" in capsys.readouterr().err
+    code = main(["-q", "anomaly", "search", "--input", str(out), "--mass", "mjj", "--features", *FEATURES, "--label", "label",
+                 "--sr", "3.3", "3.7", "--method", "cwola", "--out", str(tmp_path / "run"), "--classifier-epochs", "3",
+                 "--folds", "2", "--device", "cpu"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "cwola" and printed["max_sic"] > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "missing.h5"], "not found"),
+    (["--features", "mj1", "nope"], "nope"),
+    (["--sr", "3.7", "3.3"], "low < high"),
+    (["--sr", "7.0", "8.0"], "at least 50"),
+    (["--method", "magic"], "method must be one of"),
+])
+def test_cli_search_bad_input_gives_one_clear_line(events_file, tmp_path, capsys, args, message):
+    base = {"--input": str(events_file), "--mass": "mjj", "--features": FEATURES, "--sr": ["3.3", "3.7"],
+            "--out": str(tmp_path / "run"), "--method": "cwola"}
+    given = dict(zip(args[::2], args[1::2])) if args[0] != "--features" and args[0] != "--sr" else {}
+    if args[0] == "--features":
+        base["--features"] = args[1:]
+    elif args[0] == "--sr":
+        base["--sr"] = args[1:]
+    base.update(given)
+    argv = ["-q", "anomaly", "search"]
+    for key, value in base.items():
+        argv += [key, *(value if isinstance(value, list) else [value])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
