@@ -26,6 +26,7 @@ import os
 import secrets
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,54 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool) -> Path:
+    """Call ``write(tmp)`` on a fresh temporary file next to ``path``, fsync it, then move it into place:
+    for writers that need a path (h5py, uproot) rather than bytes.
+
+    Without ``overwrite`` an existing ``path`` is an error, checked before writing and again at the
+    move, which uses ``os.link`` (fails if the name exists) where the filesystem allows it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a file path")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: directory {path.parent} does not exist")
+    exists_msg = f"{path} already exists; refusing to overwrite it (pass overwrite=True to replace it)"
+    if path.exists() and not overwrite:
+        raise ValueError(exists_msg)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
+    os.close(fd)
+    try:
+        write(str(tmp))
+        _fsync_file(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ValueError(exists_msg) from None
+            except OSError:  # no hard links here: check-then-rename
+                if path.exists():
+                    raise ValueError(exists_msg) from None
+                os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
 
 
 def _fsync_directory(directory: Path) -> None:

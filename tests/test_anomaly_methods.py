@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from nfapps.anomaly.classifier import ClassifierSettings, cross_fit, train_classifier
 from nfapps.anomaly.density import ConditionalDensity, DensitySettings
@@ -16,12 +15,7 @@ FAST_CLASSIFIER = ClassifierSettings(epochs=6, top_epochs=2, hidden=(32, 32))
 FAST_DENSITY = DensitySettings(epochs=15, transforms=3, hidden=(32, 32), patience=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_events(n_background: int, n_signal: int, seed: int):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nfapps.anomaly.classifier import ClassifierSettings
 from nfapps.anomaly.density import DensitySettings
@@ -21,12 +20,7 @@ FAST = dict(density=DensitySettings(epochs=6, transforms=3, hidden=(32, 32)),
             classifier=ClassifierSettings(epochs=5, top_epochs=2, hidden=(32, 32)), folds=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

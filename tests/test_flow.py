@@ -5,7 +5,6 @@ import pytest
 import torch
 from conftest import perturb
 
-import nfapps
 from nfapps.builders import MAF, NSF, RealNVP
 
 BUILDERS = {

@@ -84,7 +84,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -92,6 +92,8 @@ from typing import Any
 
 import numpy as np
 from scipy import integrate, special, stats
+
+from ..atomic import write_file_atomic
 
 __all__ = [
     "COLUMNS",
@@ -580,11 +582,7 @@ class DijetModel:
         jets ordered by :math:`\mu`, observed masses :math:`\mu + s\,m`.
         """
         rng = _rng(rng)
-        m = np.asarray(m, dtype=np.float64)
-        if m.ndim != 1:
-            raise ValueError(f"m must be 1-D, got shape {m.shape}")
-        if not np.all(np.isfinite(m) & (m > 0)):
-            raise ValueError("m must be finite and > 0")
+        m = _positive_masses(m)
         n = len(m)
         med = self._jet_median(m)
         mu = med[:, None] * np.exp(self.jet_mass_sigma * rng.standard_normal((n, 2)))
@@ -597,11 +595,7 @@ class DijetModel:
         r"""Exact draws :math:`x \sim p_\mathrm{sig}(\cdot \mid m)` (truncated Gaussians for the X and Y
         masses, Beta τ21, ordered by mass, shifted by :math:`s\,m`): shape (N, 4)."""
         rng = _rng(rng)
-        m = np.asarray(m, dtype=np.float64)
-        if m.ndim != 1:
-            raise ValueError(f"m must be 1-D, got shape {m.shape}")
-        if not np.all(np.isfinite(m) & (m > 0)):
-            raise ValueError("m must be finite and > 0")
+        m = _positive_masses(m)
         n = len(m)
         mu = np.empty((n, 2))
         tau = np.empty((n, 2))
@@ -624,6 +618,16 @@ class DijetModel:
         rng = _rng(rng)
         m = self.sample_mass_signal(n, rng)
         return m, self.sample_signal_features(m, rng)
+
+
+def _positive_masses(m: np.ndarray) -> np.ndarray:
+    """m as a 1-D float64 array of finite, positive masses, or a ValueError."""
+    m = np.asarray(m, dtype=np.float64)
+    if m.ndim != 1:
+        raise ValueError(f"m must be 1-D, got shape {m.shape}")
+    if not np.all(np.isfinite(m) & (m > 0)):
+        raise ValueError("m must be finite and > 0")
+    return m
 
 
 def _assemble(mu: np.ndarray, tau: np.ndarray, m: np.ndarray, s: float) -> np.ndarray:
@@ -711,59 +715,6 @@ def _check_data(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool) -> Path:
-    """Call ``write(tmp)`` on a fresh temporary file next to ``path``, fsync it, then move it into place.
-
-    Without ``overwrite`` an existing ``path`` is an error, checked before writing and again at the
-    move, which uses ``os.link`` (fails if the name exists) where the filesystem allows it.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a file path")
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot write {path}: directory {path.parent} does not exist")
-    exists_msg = f"{path} already exists; refusing to overwrite it (pass overwrite=True to replace it)"
-    if path.exists() and not overwrite:
-        raise ValueError(exists_msg)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
-    os.close(fd)
-    try:
-        write(str(tmp))
-        _fsync_path(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ValueError(exists_msg) from None
-            except OSError:  # no hard links here: check-then-rename
-                if path.exists():
-                    raise ValueError(exists_msg) from None
-                os.replace(tmp, path)
-            tmp.unlink(missing_ok=True)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent, directory=True)
-    return path
-
-
 def write_hdf5(path: str | os.PathLike, data: Mapping[str, Any], model: DijetModel | None = None, *,
                overwrite: bool = False) -> Path:
     """Write ``data`` (e.g. from :func:`make_dataset`) as one 1-D float64 dataset per column at the
@@ -784,7 +735,7 @@ def write_hdf5(path: str | os.PathLike, data: Mapping[str, Any], model: DijetMod
             if model is not None:
                 f.attrs["model"] = json.dumps(model.to_dict(), sort_keys=True)
 
-    out = _write_atomic(path, write, overwrite)
+    out = write_file_atomic(path, write, overwrite)
     logger.info("wrote %d events (%d columns) to %s", len(next(iter(cols.values()))), len(cols), out)
     return out
 
@@ -806,6 +757,6 @@ def write_root(path: str | os.PathLike, data: Mapping[str, Any], tree: str = "ev
             if model is not None:
                 f["model"] = json.dumps(model.to_dict(), sort_keys=True)
 
-    out = _write_atomic(path, write, overwrite)
+    out = write_file_atomic(path, write, overwrite)
     logger.info("wrote %d events (%d branches) to %s:%s", len(next(iter(cols.values()))), len(cols), out, tree)
     return out
