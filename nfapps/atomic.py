@@ -44,6 +44,7 @@ KINDS: dict[str, str] = {
     "integrator": "an integration run's state (written and resumed by Integrator.save / Integrator.restore)",
     "estimate": "an estimate in progress (written and resumed by Integrator.integrate(..., checkpoint=path))",
     "density": "a conditional background density (written by ConditionalDensity.save, read by ConditionalDensity.load)",
+    "classifier": "a trained classifier (written by EpochEnsemble.save, e.g. cross_fit's checkpoints; read by EpochEnsemble.load)",
 }
 
 _SCALARS = (type(None), bool, int, float, str)

@@ -144,3 +144,15 @@ def test_methods_find_an_injected_signal_well_above_chance():
     x_new, m_new, y_new = toy_events(4000, 400, seed=8)
     keep = (m_new > sr[0]) & (m_new < sr[1]) | (y_new == 1)
     assert max_sic(s_cathode(x_new[keep], m_new[keep]), y_new[keep]) > 3
+
+
+def test_cross_fit_resumes_from_its_finished_folds(tmp_path):
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(0.8, 1, (600, 2)), rng.normal(0, 1, (600, 2))
+    first = cross_fit(a, b, folds=3, settings=FAST_CLASSIFIER, device="cpu", progress=False, checkpoint=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0.nfapps", "fold1.nfapps", "fold2.nfapps"]
+    (tmp_path / "fold2.nfapps").unlink()  # interrupted while training the last fold
+    again = cross_fit(a, b, folds=3, settings=FAST_CLASSIFIER, device="cpu", progress=False, checkpoint=tmp_path)
+    assert np.array_equal(again.out_of_fold, first.out_of_fold)
+    with pytest.raises(ValueError, match="trained on other events or settings"):
+        cross_fit(a, b + 1, folds=3, settings=FAST_CLASSIFIER, device="cpu", progress=False, checkpoint=tmp_path)

@@ -17,12 +17,14 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import dump, load_container
 from ..device import resolve_device
 from ..nets import MLP
 from .preprocess import Standardizer
@@ -71,6 +73,19 @@ class EpochEnsemble:
             total += np.concatenate([torch.sigmoid(self.network(piece.to(device))).squeeze(1).cpu().numpy()
                                      for piece in x.split(batch)]) if len(x) else np.zeros(0)
         return total / len(self.states)
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write the classifier (and ``extra`` plain data) atomically, as container kind "classifier"."""
+        dump({"scaler": self.scaler.state(), "states": self.states, "val_losses": self.val_losses,
+              "in_features": self.network[0].in_features, "hidden": [m.out_features for m in self.network if isinstance(m, nn.Linear)][:-1],
+              "extra": extra or {}}, path, "classifier")
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple["EpochEnsemble", dict]:
+        """The classifier saved at ``path`` and the ``extra`` data saved with it."""
+        payload = load_container(path, "classifier")
+        network = MLP(payload["in_features"], 1, payload["hidden"], "relu")
+        return cls(Standardizer.from_state(payload["scaler"]), network, payload["states"], payload["val_losses"]), payload["extra"]
 
 
 def _weights(y: np.ndarray) -> np.ndarray:
@@ -137,9 +152,14 @@ class CrossFit:
 
 
 def cross_fit(x_one: np.ndarray, x_zero: np.ndarray, folds: int = 5, settings: ClassifierSettings | None = None,
-              device: str | torch.device = "auto", progress: bool = True, desc: str = "classifiers") -> CrossFit:
+              device: str | torch.device = "auto", progress: bool = True, desc: str = "classifiers",
+              checkpoint: str | Path | None = None) -> CrossFit:
     """Train ``folds`` classifiers of x_one (label 1) against x_zero (label 0), each without one
-    fold of both samples; the held-out fold of x_one is scored by the classifier that left it out."""
+    fold of both samples; the held-out fold of x_one is scored by the classifier that left it out.
+
+    With ``checkpoint`` (a directory) each finished fold is saved there as ``fold<k>.nfapps``, and
+    a later call with the same data and settings loads the folds it finds instead of training
+    them again: an interrupted run loses at most the fold in progress."""
     s = settings or ClassifierSettings()
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
@@ -150,10 +170,24 @@ def cross_fit(x_one: np.ndarray, x_zero: np.ndarray, folds: int = 5, settings: C
     fold_zero = rng.permutation(len(x_zero)) % folds
     out = np.zeros(len(x_one))
     members = []
+    signature = {"folds": folds, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()},
+                 "sizes": [len(x_one), len(x_zero)], "sums": [float(np.sum(x_one)), float(np.sum(x_zero))]}
+    if checkpoint is not None:
+        Path(checkpoint).mkdir(parents=True, exist_ok=True)
     for k in tqdm(range(folds), desc=desc, unit="fold", disable=not progress):
-        x = np.concatenate([x_one[fold_one != k], x_zero[fold_zero != k]])
-        y = np.r_[np.ones((fold_one != k).sum()), np.zeros((fold_zero != k).sum())]
-        member = train_classifier(x, y, ClassifierSettings(**{**s.__dict__, "seed": s.seed * 1000 + k}), device)
+        saved = Path(checkpoint) / f"fold{k}.nfapps" if checkpoint is not None else None
+        member = None
+        if saved is not None and saved.is_file():
+            member, extra = EpochEnsemble.load(saved)
+            if extra.get("signature") != signature:
+                raise ValueError(f"{saved} was trained on other events or settings: use another output directory or delete it")
+            logger.info("classifier %d/%d loaded from %s", k + 1, folds, saved)
+        if member is None:
+            x = np.concatenate([x_one[fold_one != k], x_zero[fold_zero != k]])
+            y = np.r_[np.ones((fold_one != k).sum()), np.zeros((fold_zero != k).sum())]
+            member = train_classifier(x, y, ClassifierSettings(**{**s.__dict__, "seed": s.seed * 1000 + k}), device)
+            if saved is not None:
+                member.save(saved, {"signature": signature})
         out[fold_one == k] = member.predict(x_one[fold_one == k])
         members.append(member)
         logger.info("classifier %d/%d: best validation loss %.5f", k + 1, folds, member.val_losses[0])

@@ -91,21 +91,23 @@ def background_samples(background: ConditionalDensity, m_sr: np.ndarray, sr: tup
 
 def cathode(x_sb, m_sb, x_sr, m_sr, sr: tuple[float, float], background: ConditionalDensity | None = None,
             settings: DensitySettings | None = None, classifier: ClassifierSettings | None = None, oversample: float = 4.0,
-            folds: int = 5, device: str = "auto", progress: bool = True, seed: int = 0) -> Scores:
-    """Classifiers of SR data against samples of the SB flow interpolated into the SR."""
+            folds: int = 5, device: str = "auto", progress: bool = True, seed: int = 0, checkpoint=None) -> Scores:
+    """Classifiers of SR data against samples of the SB flow interpolated into the SR (``checkpoint``:
+    a directory where :func:`~nfapps.anomaly.classifier.cross_fit` keeps its finished folds)."""
     background = background or ConditionalDensity.fit(x_sb, m_sb, settings, device, progress=progress)
     samples, m_samples = background_samples(background, m_sr, sr, oversample, seed)
-    fitted = cross_fit(np.asarray(x_sr), samples, folds, classifier, device, progress, desc="CATHODE classifiers")
+    fitted = cross_fit(np.asarray(x_sr), samples, folds, classifier, device, progress, desc="CATHODE classifiers",
+                       checkpoint=checkpoint)
     result = _crossfit_scores("cathode", fitted)
     result.diagnostics["samples"] = (samples, m_samples)
     return result
 
 
 def cwola(x_sb, x_sr, classifier: ClassifierSettings | None = None, folds: int = 5, device: str = "auto",
-          progress: bool = True) -> Scores:
+          progress: bool = True, checkpoint=None) -> Scores:
     """Classifiers of SR data against SB data."""
     return _crossfit_scores("cwola", cross_fit(np.asarray(x_sr), np.asarray(x_sb), folds, classifier, device, progress,
-                                               desc="CWoLa classifiers"))
+                                               desc="CWoLa classifiers", checkpoint=checkpoint))
 
 
 def idealized(x_sr, x_background_sr, classifier: ClassifierSettings | None = None, folds: int = 5, device: str = "auto",

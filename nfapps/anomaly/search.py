@@ -7,6 +7,7 @@
 2. trains the background density p(x | m) on the other SB events (methods anode, cathode;
    checkpointed in ``background.ckpt``, saved as ``background.nfapps``: an interrupted run resumes);
 3. scores every event with the method (:mod:`~nfapps.anomaly.methods`) — SR events out of sample;
+   the cross-fitted classifiers keep their finished folds in ``classifiers-<method>/`` (a re-run loads them);
 4. checks the flow: a classifier two-sample test of flow samples against the held-out SB events at
    the same masses (AUC 0.5: indistinguishable), and a plot of SR data against flow samples;
 5. with truth labels, the ROC and SIC curves (cuts keeping ≥ 25 background events) and max SIC;
@@ -92,16 +93,17 @@ def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path,
     return density
 
 
-def _scores(events: Events, masks, s: SearchSettings, background, device: str, progress: bool):
+def _scores(events: Events, masks, s: SearchSettings, background, device: str, progress: bool, out: Path):
     in_sr, train, _ = masks
     x, m = events.features, events.mass
     if s.method == "cathode":
         return cathode(x[train], m[train], x[in_sr], m[in_sr], s.sr, background, classifier=s.classifier,
-                       oversample=s.oversample, folds=s.folds, device=device, progress=progress, seed=s.seed)
+                       oversample=s.oversample, folds=s.folds, device=device, progress=progress, seed=s.seed,
+                       checkpoint=out / f"classifiers-{s.method}")
     if s.method == "anode":
         return anode(x[train], m[train], x[in_sr], m[in_sr], background, s.density, device, progress)
     if s.method == "cwola":
-        return cwola(x[train], x[in_sr], s.classifier, s.folds, device, progress)
+        return cwola(x[train], x[in_sr], s.classifier, s.folds, device, progress, checkpoint=out / f"classifiers-{s.method}")
     if events.labels is None:
         raise ValueError("method 'supervised' needs truth labels: pass --label with the name of the label column")
     return supervised(x[events.labels == 1], x[events.labels == 0], x[in_sr], s.classifier, device)
@@ -118,7 +120,7 @@ def run_search(events: Events, out: str | Path, settings: SearchSettings | None 
     in_sr, train, control = masks
     x, m, labels = events.features, events.mass, events.labels
     background = _background(events, train, s, out, device, progress) if s.method in ("cathode", "anode") else None
-    result = _scores(events, masks, s, background, device, progress)
+    result = _scores(events, masks, s, background, device, progress, out)
     score = np.empty(len(events))
     score[in_sr] = result.sr
     score[~in_sr] = result(x[~in_sr], m[~in_sr])
