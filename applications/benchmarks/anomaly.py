@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-background", type=int, default=40_000)
     p.add_argument("--test-signal", type=int, default=20_000)
     p.add_argument("--epochs", type=int, default=100, help="density epochs (early stopping)")
+    p.add_argument("--architecture", default=DensitySettings.architecture, help="the background flow: maf, maf-spline or nsf")
     p.add_argument("--transforms", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     p.add_argument("--classifier-epochs", type=int, default=60)
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         args.test_background, args.test_signal, args.epochs, args.classifier_epochs = 4000, 2000, 5, 4
         args.transforms, args.hidden, args.top_epochs, args.folds, args.s_over_b = 3, [32, 32], 2, 2, 0.05
     s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
-                 DensitySettings(epochs=args.epochs, transforms=args.transforms, hidden=tuple(args.hidden)),
+                 DensitySettings(architecture=args.architecture, epochs=args.epochs, transforms=args.transforms,
+                                 hidden=tuple(args.hidden)),
                  ClassifierSettings(epochs=args.classifier_epochs, top_epochs=args.top_epochs), args.folds, args.device)
     started = time.perf_counter()
     synthetic = [synthetic_seed(seed, s) for seed in range(args.seeds)]
