@@ -47,7 +47,8 @@ def save_figure(fig, path: str | Path) -> None:
     """Write ``fig`` as a PNG at ``path``, atomically, and close it."""
     plt = pyplot()
     buffer = io.BytesIO()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure that chose its own layout keeps it
+        fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())

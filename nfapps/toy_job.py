@@ -8,7 +8,6 @@ with :func:`nfapps.load`) and ``checkpoint.nfapps`` (an interrupted run resumes 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from .atomic import write_bytes_atomic
 from .builders import MAF, NSF, RealNVP
 from .device import resolve_device
 from .flow import Flow
+from .outputs import pyplot, save_figure
 from .serialization import save
 from .toys import sample_toy
 from .training import fit
@@ -51,11 +51,7 @@ def density_on_grid(flow: Flow, limit: float, points: int = 300) -> tuple[np.nda
 
 
 def plot(path: Path, data: np.ndarray, samples: np.ndarray, axis: np.ndarray, density: np.ndarray, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     limit = float(axis[-1])
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
     for ax, points, name in ((axes[0], data, "data"), (axes[1], samples, "flow samples")):
@@ -66,11 +62,7 @@ def plot(path: Path, data: np.ndarray, samples: np.ndarray, axis: np.ndarray, de
     for ax in axes:
         ax.set_aspect("equal")
     fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def run_toy(

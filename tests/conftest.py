@@ -19,15 +19,6 @@ def _seed():
     yield
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one intra-op thread for the test (small models run faster; the machine has 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturb(module: torch.nn.Module, scale: float = 0.1, seed: int = 1) -> None:
     """Move every parameter away from its (often identity) initialisation."""
     g = torch.Generator().manual_seed(seed)

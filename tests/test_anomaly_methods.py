@@ -15,9 +15,6 @@ FAST_CLASSIFIER = ClassifierSettings(epochs=6, top_epochs=2, hidden=(32, 32))
 FAST_DENSITY = DensitySettings(epochs=15, transforms=3, hidden=(32, 32), patience=5)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def toy_events(n_background: int, n_signal: int, seed: int):
     """Background: x depends smoothly on m ∈ [3, 4]; signal: a narrow peak at m = 3.5 with distinct x."""
     rng = np.random.default_rng(seed)

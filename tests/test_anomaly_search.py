@@ -20,9 +20,6 @@ FAST = dict(density=DensitySettings(epochs=6, transforms=3, hidden=(32, 32)),
             classifier=ClassifierSettings(epochs=5, top_epochs=2, hidden=(32, 32)), folds=2)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def events_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("anomaly") / "events.h5"
@@ -70,25 +67,17 @@ def test_cli_generate_and_search(tmp_path, capsys):
     assert printed["method"] == "cwola" and printed["max_sic"] > 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--input", "missing.h5"], "not found"),
-    (["--features", "mj1", "nope"], "nope"),
-    (["--sr", "3.7", "3.3"], "low < high"),
-    (["--sr", "7.0", "8.0"], "at least 50"),
-    (["--method", "magic"], "method must be one of"),
+@pytest.mark.parametrize("override, message", [
+    ({"--input": ["missing.h5"]}, "not found"),
+    ({"--features": ["mj1", "nope"]}, "nope"),
+    ({"--sr": ["3.7", "3.3"]}, "low < high"),
+    ({"--sr": ["7.0", "8.0"]}, "at least 50"),
+    ({"--method": ["magic"]}, "method must be one of"),
 ])
-def test_cli_search_bad_input_gives_one_clear_line(events_file, tmp_path, capsys, args, message):
-    base = {"--input": str(events_file), "--mass": "mjj", "--features": FEATURES, "--sr": ["3.3", "3.7"],
-            "--out": str(tmp_path / "run"), "--method": "cwola"}
-    given = dict(zip(args[::2], args[1::2])) if args[0] != "--features" and args[0] != "--sr" else {}
-    if args[0] == "--features":
-        base["--features"] = args[1:]
-    elif args[0] == "--sr":
-        base["--sr"] = args[1:]
-    base.update(given)
-    argv = ["-q", "anomaly", "search"]
-    for key, value in base.items():
-        argv += [key, *(value if isinstance(value, list) else [value])]
+def test_cli_search_bad_input_gives_one_clear_line(events_file, tmp_path, capsys, override, message):
+    options = {"--input": [str(events_file)], "--mass": ["mjj"], "--features": FEATURES, "--sr": ["3.3", "3.7"],
+               "--out": [str(tmp_path / "run")], "--method": ["cwola"], **override}
+    argv = ["-q", "anomaly", "search"] + [item for key, values in options.items() for item in (key, *values)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

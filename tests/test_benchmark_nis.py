@@ -79,6 +79,18 @@ def test_pulls_mode_summarises_every_seed(nis, tmp_path):
         assert pooled["coverage_1sigma"] == sum(abs(p) < 1 for p in pulls) / 3
     # fewer than 100 seeds: the pull targets are reported but not judged
     assert all(t["passed"] is None for t in result["targets"]["rows"] if t["target"].startswith("pulls"))
+    # every seed keeps only what the pulls need, so that a long study stays small ...
+    assert set(result["runs"][0]["nfapps"]) <= set(nis.PER_SEED_FIELDS)
+    # ... and split studies still merge into the pulls of the whole
+    other = nis.main(["--quick", "--pulls", "3", "--integrands", "camel-2", "--no-plot", "--out", str(tmp_path / "b")])
+    merged = nis.main(["--quick", "--merge", str(tmp_path / "nis.json"), str(tmp_path / "b" / "nis.json"), "--no-plot",
+                       "--out", str(tmp_path / "merged"), "--provenance", "two parts"])
+    assert merged["provenance"] == "two parts"
+    assert [r["integrand"] for r in merged["integrands"]] == ["gaussian-2", "camel-2"]
+    for method in result["methods"]:
+        per = merged["pulls"][method]["per_integrand"]
+        assert per["gaussian-2"] == result["pulls"][method]["per_integrand"]["gaussian-2"]
+        assert per["camel-2"] == other["pulls"][method]["per_integrand"]["camel-2"]
 
 
 def test_no_vegas_runs_nfapps_alone(nis, tmp_path):

@@ -335,6 +335,17 @@ def pull_summary(pulls: Sequence[float]) -> dict[str, Any]:
     }
 
 
+#: What the JSON keeps of each method's result on every seed of a pull study (the first seed's
+#: results are kept whole under "integrands"): enough to re-summarise and merge the pulls.
+PER_SEED_FIELDS = ("value", "error", "pull", "relative_std", "pareto_k", "sampler")
+
+
+def compact_run(run: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    """A pull-study record cut down to :data:`PER_SEED_FIELDS` per method."""
+    return {"integrand": run["integrand"], "seed": run["seed"],
+            **{m: {k: run[m][k] for k in PER_SEED_FIELDS if k in run[m]} for m in methods}}
+
+
 def summarize_pulls(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
     """Pull statistics per method, per integrand and pooled over every integrand and seed."""
     out: dict[str, Any] = {}
@@ -528,6 +539,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-vegas", action="store_true", help="run nfapps only")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 integrands, 2e4 calls, small sampler timings")
     p.add_argument("--no-plot", action="store_true", help="do not write nis.png")
+    p.add_argument("--provenance", help="a note stored in nis.json: how the runs were made (e.g. the split of a merge)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="NIS_JSON",
                    help="run nothing but the sampler timing: merge the records of these nis.json files (the suite "
                         "split over processes) into one table, JSON and plot, judged against the targets together")
@@ -570,15 +582,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     seeds = [s.seed + k for k in range(max(s.pulls, 1))]
     runs: list[dict[str, Any]] = []
+    order = list(INTEGRANDS)  # the suite's order, whatever a merge's split
     if args.merge:  # the suite was split over processes: their records, re-judged together
         parts = [json.loads(Path(path).read_text()) for path in args.merge]
         methods = tuple(parts[0]["methods"])
         s = Settings(**{**parts[0]["settings"], "threads": s.threads, "sampler_batches": s.sampler_batches,
                         "sampler_dims": s.sampler_dims, "repeats": s.repeats})
+        first: list[dict[str, Any]] = []  # whole records of each part's first seed
         for part in parts:
+            first += part["integrands"]
             runs += part["runs"] or part["integrands"]
-        order = list(INTEGRANDS)  # the suite's order, whatever the split
-        runs.sort(key=lambda r: (r["seed"], order.index(r["integrand"]) if r["integrand"] in order else len(order)))
+        runs.sort(key=lambda r: (r["seed"], order.index(r["integrand"])))
         seeds = sorted({r["seed"] for r in runs})
     else:
         warm_up(s)
@@ -597,7 +611,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{m} {run[m]['value']:.6g} ± {run[m]['error']:.2g} (pull {run[m]['pull']:+.2f}, rsd {run[m]['relative_std']:.3g}, "
                 f"{run[m]['wall_s']:.1f} s)" for m in methods))
             runs.append(run)
-    rows = [r for r in runs if r["seed"] == seeds[0]]
+    if args.merge:
+        rows = sorted(first, key=lambda r: order.index(r["integrand"]))
+    else:
+        rows = [r for r in runs if r["seed"] == seeds[0]]
     pulls = summarize_pulls(runs, methods) if s.pulls else None
     cost = sampler_cost(s)
     targets = check_targets(rows, pulls, len(seeds) if s.pulls else 0, cost)
@@ -610,11 +627,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "machine": platform.machine(), "threads": torch.get_num_threads()},
         "methods": list(methods),
         "integrands": rows,
-        "runs": runs if s.pulls else None,
+        "runs": [compact_run(r, methods) for r in runs] if s.pulls else None,
         "pulls": pulls,
         "sampler_cost": cost,
         "targets": targets,
         "table": table,
+        "provenance": args.provenance,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "nis.json").write_text(json.dumps(result, indent=2, default=float))

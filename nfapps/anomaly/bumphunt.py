@@ -36,14 +36,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from ..outputs import finite, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -200,27 +200,12 @@ class SidebandFit:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (NaN and infinities as None)."""
-        return _plain({
+        return finite({
             "params": self.params, "covariance": self.covariance, "edges": self.edges,
             "counts": self.counts, "sr": list(self.sr), "chi2": self.chi2, "ndof": self.ndof,
             "p_value": self.p_value, "valid": self.valid, "sqrt_s": self.sqrt_s, "scale": self.scale,
             "log_covariance": self.log_covariance,
         })
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-serialisable copy: arrays and tuples as lists, numpy scalars as Python, NaN as None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _check_masses(m, name: str = "masses") -> np.ndarray:
@@ -527,7 +512,7 @@ class BumpHunt:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (NaN as None): the numbers, the SR and range, and the fit."""
-        return _plain({
+        return finite({
             "observed": self.observed, "expected": self.expected, "expected_error": self.expected_error,
             "excess": self.observed - self.expected, "significance": self.significance,
             "significance_stat": self.significance_stat, "efficiency": self.efficiency,
@@ -635,7 +620,7 @@ def sculpting(m, passed, edges, cl: float = 0.6827) -> dict[str, Any]:
     else:  # all pass, none pass, or a single bin: nothing can vary
         chi2, p = 0.0, 1.0
     logger.info("sculpting check: efficiency %.4g, χ²/ndof = %.1f/%d, p = %.3g", pooled, chi2, ndof, p)
-    return _plain({
+    return finite({
         "edges": edges, "total": total, "passed": k, "efficiency": eff, "lower": lower, "upper": upper,
         "cl": cl, "overall_efficiency": pooled, "chi2": chi2, "ndof": ndof, "p_value": p, "outside": outside,
     })
@@ -649,8 +634,8 @@ def sculpting(m, passed, edges, cl: float = 0.6827) -> dict[str, Any]:
 def plot_bump_hunt(result: BumpHunt, path: str | os.PathLike, title: str | None = None) -> None:
     """Draw the m spectrum of the selected events (log y, events per unit m, Poisson errors), the
     sideband fit f(m) with its ±1σ band, the SR shaded, the per-bin pulls (n − μ)/√μ below, and
-    the SR numbers; write a PNG at ``path`` atomically (a temporary file in the same directory,
-    then ``os.replace``). Uses the Agg canvas directly: no display, no pyplot state."""
+    the SR numbers; write a PNG at ``path`` atomically (:func:`nfapps.outputs.save_figure`).
+    Uses the Agg canvas directly: no display needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -662,9 +647,9 @@ def plot_bump_hunt(result: BumpHunt, path: str | os.PathLike, title: str | None 
     f, df = fit.density(grid)
     mu = fit.bin_expected()
 
-    fig = Figure(figsize=(6.4, 5.6))
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for ax in (top, bottom):
         ax.axvspan(*fit.sr, color="tab:orange", alpha=0.15, lw=0, label="signal region" if ax is top else None)
     top.errorbar(centres, counts / width, yerr=np.sqrt(counts) / width, xerr=width / 2, fmt="o", ms=3,
@@ -689,17 +674,7 @@ def plot_bump_hunt(result: BumpHunt, path: str | os.PathLike, title: str | None 
     bottom.axhline(0, color="k", lw=0.5)
     bottom.set_ylabel("(n − μ)/√μ")
     bottom.set_xlabel("m")
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.93 if title else 0.97, bottom=0.1)
-
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(handle)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_figure(fig, path)
 
 
 __all__ = ["dijet_shape", "SidebandFit", "fit_sidebands", "local_significance", "pyhf_significance",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ import torch
 from ..atomic import dump, load_container
 from ..builders import MAF, NSF
 from ..flow import Flow
+from ..registry import _plain
 from ..serialization import flow_from_payload, flow_payload
 from ..training import fit
 from .preprocess import LogitScaler, Standardizer
@@ -122,10 +122,6 @@ class ConditionalDensity:
         settings = DensitySettings(**payload["settings"])
         return cls(LogitScaler.from_state(payload["scaler"]), Standardizer.from_state(payload["mass_scaler"]),
                    flow_from_payload(payload["flow"], path).eval(), settings)
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 __all__ = ["DensitySettings", "ConditionalDensity", "ARCHITECTURES"]

@@ -56,6 +56,7 @@ Every bad input raises :class:`EventsError` with a one-line message.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import inspect
 import io
@@ -335,6 +336,19 @@ def _float_column(x: np.ndarray, name: str, where: str, kind: str) -> np.ndarray
     return np.asarray(x, dtype=np.float64)
 
 
+@contextlib.contextmanager
+def _closed_on_failure(file: Any, what: str) -> Iterator[None]:
+    """Close ``file`` if the block fails; any failure other than an EventsError becomes one, "what (cause); …"."""
+    try:
+        yield
+    except EventsError:
+        file.close()
+        raise
+    except Exception as err:  # noqa: BLE001 (any reader failure becomes an EventsError)
+        file.close()
+        raise EventsError(f"{what} ({_brief(err)}); the file may be truncated or corrupt") from None
+
+
 class _Source:
     """Named columns of one table of events, read in chunks: (first event, events, {key: array})."""
 
@@ -376,7 +390,7 @@ class _RootSource(_Source):
             classes = file.classnames(cycle=False)
         except Exception as err:  # noqa: BLE001 (any reader failure becomes an EventsError)
             raise EventsError(f"{path}: not a readable ROOT file ({_brief(err)}); check that it is a complete, uncorrupted ROOT file") from None
-        try:
+        with _closed_on_failure(file, f"{path}: cannot read its trees"):
             trees = [k for k, c in classes.items() if c.startswith(("TTree", "TNtuple")) or c.endswith("RNTuple")]
             if tree is None:
                 if len(trees) != 1:
@@ -389,12 +403,6 @@ class _RootSource(_Source):
             self.tree = file[tree]
             super().__init__(f"{path} (tree '{tree}')", self.tree.keys())
             self.file = file
-        except EventsError:
-            file.close()
-            raise
-        except Exception as err:  # noqa: BLE001 (any reader failure becomes an EventsError)
-            file.close()
-            raise EventsError(f"{path}: cannot read tree '{tree}' ({_brief(err)}); the file may be truncated or corrupt") from None
 
     def chunks(self, keys: Sequence[str], step_size: int, stop: int | None) -> Iterator[tuple[int, int, dict[str, Any]]]:
         import awkward as ak
@@ -670,14 +678,8 @@ def _open_hdf5(path: Path, key: str | None, columns: Sequence[str] | None) -> _R
         file = h5py.File(path, "r")
     except Exception as err:  # noqa: BLE001 (any reader failure becomes an EventsError)
         raise EventsError(f"{path}: not a readable HDF5 file ({_brief(err)}); check that it is a complete, uncorrupted HDF5 file") from None
-    try:
+    with _closed_on_failure(file, f"{path}: cannot read the HDF5 file's layout"):
         source = _hdf5_source(path, file, key, columns)
-    except EventsError:
-        file.close()
-        raise
-    except Exception as err:  # noqa: BLE001 (any reader failure becomes an EventsError)
-        file.close()
-        raise EventsError(f"{path}: cannot read the HDF5 file's layout ({_brief(err)}); the file may be truncated or corrupt") from None
     source.file = file
     return source
 
