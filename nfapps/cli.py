@@ -239,7 +239,11 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
     s.add_argument("--key", help="HDF5 group or dataset (default: detected)")
     s.add_argument("--columns", nargs="+", help="column names of a 2-D .npy or HDF5 array")
     s.add_argument("--sr", type=float, nargs=2, required=True, metavar=("LOW", "HIGH"), help="signal region of the mass")
-    s.add_argument("--method", default="cathode", help="cathode, anode, cwola or supervised (default: cathode)")
+    s.add_argument("--method", default="cathode", help="cathode, lacathode, anode, cwola or supervised (default: cathode; lacathode's "
+                   "cut does not sculpt the mass spectrum, so its bump hunt holds where x depends on m)")
+    s.add_argument("--fit-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="mass range of the bump hunt's sideband fit (default: from where the spectrum has fallen to half "
+                        "its peak, above the trigger turn-on, to the largest mass)")
     s.add_argument("--out", default="runs/anomaly", help="run directory (default: runs/anomaly)")
     s.add_argument("--epochs", type=int, default=100, help="density epochs (early stopping; default: 100)")
     s.add_argument("--classifier-epochs", type=int, default=40, help="epochs per classifier (default: 40)")
@@ -252,7 +256,7 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
         summary = run_search_job(args.input, args.mass, args.features, args.sr, args.method, args.out, label=args.label,
                                  tree=args.tree, key=args.key, columns=args.columns, epochs=args.epochs,
                                  classifier_epochs=args.classifier_epochs, folds=args.folds, seed=args.seed,
-                                 device=args.device, progress=not args.quiet)
+                                 device=args.device, progress=not args.quiet, fit_range=args.fit_range)
         keys = ("method", "events", "sr_events", "two_sample_auc_control", "max_sic")
         print(json.dumps({k: summary[k] for k in keys if k in summary} | {"out": args.out}, indent=2))
         return 0

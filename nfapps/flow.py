@@ -84,6 +84,12 @@ class Flow(nn.Module):
             log_prob = log_prob.reshape(rows, n)
         return x, log_prob
 
+    def to_base(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The base point z = f(x | context) of each x: for x ~ p_x, z ~ p_z whatever the context
+        (a conditional flow's latent space does not depend on the context)."""
+        x, context = self._check(x, context)
+        return self.transform(x, context)[0]
+
     def from_base(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Given base points z (e.g. stratified or quasi-random ones), x = f⁻¹(z) and
         log p_x(x) = log p_z(z) − log|det ∂f⁻¹/∂z|, in one inverse pass."""

@@ -7,7 +7,8 @@ import pytest
 
 from nfapps.anomaly.classifier import ClassifierSettings, cross_fit, train_classifier
 from nfapps.anomaly.density import ConditionalDensity, DensitySettings
-from nfapps.anomaly.methods import anode, cathode, cwola, idealized, sample_sr_masses, two_sample_auc
+from nfapps.anomaly.bumphunt import sculpting
+from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, sample_sr_masses, two_sample_auc
 from nfapps.anomaly.metrics import auc, max_sic, roc
 from nfapps.anomaly.preprocess import LogitScaler, Standardizer
 
@@ -115,6 +116,16 @@ def test_conditional_density_learns_the_mass_dependence_and_round_trips(tmp_path
     assert np.array_equal(again.log_prob(x[:100], m[:100]), density.log_prob(x[:100], m[:100]))
 
 
+def test_latent_of_the_flows_own_samples_is_standard_normal_at_every_mass():
+    x, m, _ = toy_events(3000, 0, seed=4)
+    density = ConditionalDensity.fit(x, m, DensitySettings(epochs=2, transforms=2, hidden=(16, 16)), "cpu", progress=False)
+    for mass in (3.1, 3.9):  # whatever the training did: x ~ p(x | m) maps to z ~ N(0, I) exactly
+        z = density.latent(density.sample(np.full(20_000, mass), seed=2), np.full(20_000, mass))
+        assert z.shape == (20_000, 3) and np.isfinite(z).all()
+        assert np.abs(z.mean(axis=0)).max() < 0.04 and np.abs(z.std(axis=0) - 1).max() < 0.03
+        assert np.abs(np.corrcoef(z.T) - np.eye(3)).max() < 0.04
+
+
 def test_sr_masses_follow_the_data_inside_the_window():
     m = np.random.default_rng(5).uniform(3.3, 3.7, 3000)
     draw = sample_sr_masses(m, 5000, (3.3, 3.7), seed=0)
@@ -134,13 +145,47 @@ def test_methods_find_an_injected_signal_well_above_chance():
     inside = (m_truth > sr[0]) & (m_truth < sr[1])
     s_ideal = idealized(x[in_sr], x_truth[inside], FAST_CLASSIFIER, folds=3, device="cpu", progress=False)
     s_anode = anode(x[sb], m[sb], x[in_sr], m[in_sr], settings=FAST_DENSITY, device="cpu", progress=False)
+    s_latent = lacathode(x[sb], m[sb], x[in_sr], m[in_sr], settings=FAST_DENSITY, classifier=FAST_CLASSIFIER, folds=3,
+                         device="cpu", progress=False)
     y = labels[in_sr]
-    for scores in (s_cathode, s_cwola, s_ideal, s_anode):
+    for scores in (s_cathode, s_cwola, s_ideal, s_anode, s_latent):
         assert auc(scores.sr, y) > 0.85, scores.method
     # and on fresh events, scored by the ensemble of the folds
     x_new, m_new, y_new = toy_events(4000, 400, seed=8)
     keep = (m_new > sr[0]) & (m_new < sr[1]) | (y_new == 1)
     assert max_sic(s_cathode(x_new[keep], m_new[keep]), y_new[keep]) > 3
+
+
+def test_lacathode_cut_keeps_the_background_mass_spectrum_where_cathode_sculpts_it():
+    # x₀'s mean grows with m: a score of x alone (CATHODE's) passes more background at high m;
+    # a score of the latent z = f(x | m) (LaCATHODE's) passes the same fraction at every m
+    x, m, _ = toy_events(12000, 250, seed=6)
+    sr = (3.4, 3.6)
+    in_sr, sb = (m > sr[0]) & (m < sr[1]), (m <= sr[0]) | (m >= sr[1])
+    background = ConditionalDensity.fit(x[sb], m[sb], FAST_DENSITY, "cpu", progress=False)
+    x_b, m_b, _ = toy_events(30000, 0, seed=10)
+    edges = np.linspace(3.0, 4.0, 11)
+    p_values = {}
+    for method, extra in ((cathode, {"sr": sr}), (lacathode, {})):
+        scores = method(x[sb], m[sb], x[in_sr], m[in_sr], background=background, classifier=FAST_CLASSIFIER, folds=3,
+                        device="cpu", progress=False, **extra)
+        threshold = np.quantile(scores.sr, 0.8)
+        p_values[method.__name__] = sculpting(m_b, scores(x_b, m_b) > threshold, edges)["p_value"]
+    assert p_values["cathode"] < 1e-6, p_values
+    assert p_values["lacathode"] > 1e-3, p_values
+
+
+def test_one_fold_scores_of_new_events_are_distributed_as_the_out_of_fold_scores():
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(0.3, 1, (3000, 2)), rng.normal(0, 1, (3000, 2))
+    fitted = cross_fit(a, b, folds=4, settings=FAST_CLASSIFIER, device="cpu", progress=False)
+    fresh = rng.normal(0.3, 1, (40_000, 2))  # like the label-1 events
+    one = fitted.predict_one(fresh, seed=1)
+    each = np.stack([member.predict(fresh) for member in fitted.members])
+    assert np.all(np.isclose(one[None, :], each).any(axis=0))  # every score is one classifier's
+    for keep in (0.2, 0.05):
+        threshold = np.quantile(fitted.out_of_fold, 1 - keep)
+        assert (one > threshold).mean() == pytest.approx(keep, rel=0.25)
 
 
 def test_cross_fit_resumes_from_its_finished_folds(tmp_path):

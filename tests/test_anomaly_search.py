@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nfapps.anomaly.bumphunt import bump_hunt
 from nfapps.anomaly.classifier import ClassifierSettings
 from nfapps.anomaly.density import DensitySettings
 from nfapps.anomaly.job import run_generate
 from nfapps.anomaly.readers import read_events
-from nfapps.anomaly.search import SearchSettings, run_search
+from nfapps.anomaly.search import SearchSettings, default_fit_range, run_search
+from nfapps.anomaly.synthetic import DijetModel, make_dataset
 from nfapps.cli import main
 
 FEATURES = ["mj1", "delta_mj", "tau21_1", "tau21_2"]
@@ -27,9 +29,10 @@ def events_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_search_finds_the_injected_signal_and_writes_every_output(events_file, tmp_path):
+@pytest.mark.parametrize("method", ["cathode", "lacathode"])
+def test_search_finds_the_injected_signal_and_writes_every_output(events_file, tmp_path, method):
     events = read_events(events_file, "mjj", FEATURES, label="label")
-    summary = run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method="cathode", **FAST), device="cpu",
+    summary = run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method=method, **FAST), device="cpu",
                          progress=False)
     assert summary["sr_signal"] > 150 and 0.06 < summary["sr_s_over_b"] < 0.10
     assert summary["max_sic"] > 3  # chance is ≈ 1
@@ -81,3 +84,12 @@ def test_cli_search_bad_input_gives_one_clear_line(events_file, tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_default_fit_range_starts_above_the_trigger_turn_on():
+    m = make_dataset(DijetModel(), 100_000, 0, seed=3)["mjj"]
+    low, high = default_fit_range(m, (3.3, 3.7))
+    assert 3.0 < low < 3.25 and high == m.max()  # the turn-on (logistic at 2.65, width 0.1) is over by then
+    assert abs(bump_hunt(m, np.zeros_like(m), (3.3, 3.7), (low, high)).significance) < 3
+    assert 2.7 < default_fit_range(m, (2.9, 3.1))[0] < 2.9  # an SR below the half-peak point: just above the peak
+    assert default_fit_range(m, (2.0, 2.5))[0] == m.min()  # no lower sideband either way

@@ -32,6 +32,17 @@ def test_sampling_shapes_and_one_pass_log_prob(name, ctx):
 
 
 @pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("ctx", [0, 2])
+def test_to_base_inverts_from_base(name, ctx):
+    flow = BUILDERS[name](ctx).double()
+    perturb(flow, 0.05)
+    z = flow.base.sample(6)
+    context = torch.randn(6, ctx, dtype=torch.float64) if ctx else None
+    x, _ = flow.from_base(z, context)
+    torch.testing.assert_close(flow.to_base(x, context), z, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
 def test_gradients_reach_every_parameter(name):
     flow = BUILDERS[name](2)
     perturb(flow, 0.05)

@@ -1,4 +1,4 @@
-"""Anomaly-search benchmark: CATHODE, ANODE, CWoLa against the idealized, supervised and
+"""Anomaly-search benchmark: CATHODE, LaCATHODE, ANODE, CWoLa against the idealized, supervised and
 true-likelihood-ratio references, on synthetic events with known densities and on the real
 LHCO R&D signal-region arrays.
 
@@ -14,9 +14,16 @@ per seed and as median and spread (16–84 %) over seeds: max SIC (cuts keeping 
 background events), ratios to the true-likelihood-ratio max SIC, and the two-sample AUC of flow
 samples against true SR background.
 
-``null`` (``--null-seeds K``): background only, the CATHODE search and its bump hunt at cuts
-keeping 20 % and 5 % of the SR; the local significances should be N(0, 1) (mean, std, max) and
-the cut efficiency flat in m_jj (the χ² p-values of the sculpting test should be uniform).
+``null`` (``--null-seeds K``): background only; one background flow per seed, then the CATHODE
+and the LaCATHODE scores and, for each, the bump hunt at cuts keeping 20 % and 5 % of the SR.
+For a score that does not sculpt, the local significances are N(0, 1) (mean, std, max) and the
+cut efficiency is flat in m_jj (the χ² p-values of the sculpting test are uniform). The
+synthetic jet masses grow with m_jj, so a score of x alone (CATHODE's) sculpts; LaCATHODE's,
+a score of the flow's latent z = f(x | m), should not.
+
+Seeds run ``--jobs`` at a time in separate processes (one torch thread each); every seed's
+numbers depend on its seed only. Each finished seed is kept in ``<out>/records/``: a re-run with
+the same settings and ``--out`` after an interruption redoes only the unfinished seeds.
 
 ``lhco`` (``--lhco``): the real arrays of ``../shared/data/lhco-rd-sr`` with the pseudo signal
 window ``--window`` (default 3.45–3.55 TeV; the rest of 3.3–3.7 plays the sidebands), with
@@ -29,14 +36,19 @@ Writes ``anomaly.json`` (settings, environment, every record, summaries, targets
 
 Usage::
 
-    python applications/benchmarks/anomaly.py --seeds 5 --null-seeds 50 --lhco --out results/anomaly
+    python applications/benchmarks/anomaly.py --seeds 5 --null-seeds 50 --lhco --jobs 2 --out results/anomaly
     python applications/benchmarks/anomaly.py --quick --out /tmp/anomaly          # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import dataclasses
+import functools
+import json
 import logging
+import multiprocessing
 import platform
 import sys
 import time
@@ -45,11 +57,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
 from nfapps.anomaly.bumphunt import bump_hunt, sculpting
 from nfapps.anomaly.classifier import ClassifierSettings
 from nfapps.anomaly.density import ConditionalDensity, DensitySettings
-from nfapps.anomaly.methods import anode, cathode, cwola, idealized, supervised, two_sample_auc
+from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, supervised, two_sample_auc
 from nfapps.anomaly.metrics import roc
 from nfapps.anomaly.search import default_fit_range
 from nfapps.anomaly.synthetic import DijetModel, make_dataset, n_signal_for
@@ -57,6 +70,12 @@ from nfapps.outputs import pyplot, save_figure, write_json
 
 logger = logging.getLogger("anomaly-benchmark")
 SR = (3.3, 3.7)
+#: Methods whose bump hunt is studied (their scores are applied to the sidebands too).
+HUNTED = ("cathode", "lacathode")
+#: Methods of the synthetic comparison, besides the true likelihood ratio.
+COMPARED = ("cathode", "lacathode", "anode", "cwola", "idealized", "supervised")
+#: Methods run on the real LHCO arrays.
+LHCO_METHODS = ("cathode", "lacathode", "anode", "cwola", "idealized")
 LHCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lhco-rd-sr"
 
 
@@ -111,6 +130,8 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
     methods = {
         "cathode": lambda: cathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], SR, background, classifier=classifier,
                                    folds=s.folds, device=s.device, progress=False, seed=seed),
+        "lacathode": lambda: lacathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background, classifier=classifier,
+                                       folds=s.folds, device=s.device, progress=False, seed=seed),
         "anode": lambda: anode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background, density, s.device, progress=False),
         "cwola": lambda: cwola(x[~in_sr], x[in_sr], classifier, s.folds, s.device, progress=False),
         "idealized": lambda: idealized(x[in_sr], model.sample_background_features(_sr_events(model, 4 * int(in_sr.sum()), False, rng)[0], rng),
@@ -121,8 +142,8 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
     for name, run in methods.items():
         t0 = time.perf_counter()
         scores = run()
-        if name == "cathode":
-            record["bump_hunt"] = _leakage(m, x, y, in_sr, scores)
+        if name in HUNTED:
+            record[f"bump_hunt_{name}"] = _leakage(m, x, y, in_sr, scores)
         record[f"max_sic_{name}"], curves[name] = _max_sic(scores(x_t, m_t), y_t)
         record[f"time_{name}_s"] = time.perf_counter() - t0
         record[f"ratio_{name}"] = record[f"max_sic_{name}"] / record["max_sic_true_ratio"]
@@ -139,7 +160,7 @@ def _leakage(m: np.ndarray, x: np.ndarray, y: np.ndarray, in_sr: np.ndarray, sco
     sidebands raises the sideband fit and so the predicted SR background (a bias), which the
     labels measure as predicted − true background in the SR."""
     score = np.empty(len(m))
-    score[in_sr], score[~in_sr] = scores.sr, scores(x[~in_sr], m[~in_sr])
+    score[in_sr], score[~in_sr] = scores.sr, scores.matched(x[~in_sr], m[~in_sr])
     fit_range = default_fit_range(m, SR)
     records = []
     for keep in (0.2, 0.05, 0.01):
@@ -161,25 +182,35 @@ def _leakage(m: np.ndarray, x: np.ndarray, y: np.ndarray, in_sr: np.ndarray, sco
 
 
 def null_seed(seed: int, s: Settings) -> dict:
+    """Background only: per method of HUNTED, the bump hunt's significance and the sculpting
+    test's p-value after cuts keeping 20 % and 5 % of the SR (keys ``<method>_significance_<keep>``,
+    ``<method>_sculpting_p_<keep>``; the sculpting test runs on the fit range's sideband events)."""
     model = DijetModel()
     data = make_dataset(model, s.background, 0, 5000 + seed)
     m, x = data["mjj"], np.c_[data["mj1"], data["delta_mj"], data["tau21_1"], data["tau21_2"]]
     in_sr = (m > SR[0]) & (m < SR[1])
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
     classifier = ClassifierSettings(**{**s.classifier.__dict__, "seed": seed})
-    result = cathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], SR, settings=density, classifier=classifier,
-                     folds=s.folds, device=s.device, progress=False, seed=seed)
-    score = np.empty(len(m))
-    score[in_sr], score[~in_sr] = result.sr, result(x[~in_sr], m[~in_sr])
+    background = ConditionalDensity.fit(x[~in_sr], m[~in_sr], density, s.device, progress=False)
     fit_range = default_fit_range(m, SR)
-    record = {"seed": seed}
-    for keep in (0.2, 0.05):
-        threshold = float(np.quantile(score[in_sr], 1 - keep))
-        hunt = bump_hunt(m, score, SR, fit_range, threshold=threshold)
-        edges = np.linspace(*fit_range, 21)
-        record[f"significance_{keep:g}"] = hunt.significance
-        record[f"sculpting_p_{keep:g}"] = sculpting(m, score > threshold, edges)["p_value"]
-    logger.info("null seed %d: Z = %.2f (20 %%), %.2f (5 %%)", seed, record["significance_0.2"], record["significance_0.05"])
+    edges = np.linspace(*fit_range, 21)
+    record: dict = {"seed": seed}
+    for name, method in (("cathode", cathode), ("lacathode", lacathode)):
+        extra = {"sr": SR} if name == "cathode" else {}
+        result = method(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background=background, classifier=classifier,
+                        folds=s.folds, device=s.device, progress=False, seed=seed, **extra)
+        score = np.empty(len(m))
+        score[in_sr], score[~in_sr] = result.sr, result.matched(x[~in_sr], m[~in_sr])
+        for keep in (0.2, 0.05):
+            threshold = float(np.quantile(score[in_sr], 1 - keep))
+            record[f"{name}_sculpting_p_{keep:g}"] = sculpting(m[~in_sr], score[~in_sr] > threshold, edges)["p_value"]
+            try:
+                record[f"{name}_significance_{keep:g}"] = bump_hunt(m, score, SR, fit_range, threshold=threshold).significance
+            except ValueError as err:  # e.g. a sculpting cut that empties a sideband: no prediction at all
+                record[f"{name}_significance_{keep:g}"] = float("nan")
+                record[f"{name}_error_{keep:g}"] = str(err)
+        logger.info("null seed %d %s: Z = %.2f (20 %%), %.2f (5 %%)", seed, name, record[f"{name}_significance_0.2"],
+                    record[f"{name}_significance_0.05"])
     return record
 
 
@@ -200,6 +231,8 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0) -
     for name, run in {
         "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=s.classifier,
                                    folds=s.folds, device=s.device, progress=False, seed=seed),
+        "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], background, classifier=s.classifier,
+                                       folds=s.folds, device=s.device, progress=False, seed=seed),
         "cwola": lambda: cwola(x[~inside], x[inside], s.classifier, s.folds, s.device, progress=False),
         "idealized": lambda: idealized(x[inside], truth[:, 1:5], s.classifier, s.folds, s.device, progress=False),
         "anode": lambda: anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device, progress=False),
@@ -207,6 +240,38 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0) -
         record[f"max_sic_{name}"] = roc(run()(x_t, m_t), y_t).max_sic
         logger.info("LHCO inject %d %s: max SIC %.2f", inject, name, record[f"max_sic_{name}"])
     return record
+
+
+def _cached(function, seed: int, s: Settings, records: Path | None) -> dict:
+    """function(seed, s), kept as ``records/<function>-<seed>.json``: an interrupted benchmark
+    re-run with the same settings and ``--out`` redoes only the seeds it had not finished."""
+    path = records / f"{function.__name__}-{seed}.json" if records is not None else None
+    signature = json.loads(json.dumps(dataclasses.asdict(s), default=str))
+    if path is not None and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == signature:
+            logger.info("%s %d: loaded from %s", function.__name__, seed, path)
+            return saved["record"]
+    record = function(seed, s)
+    if path is not None:
+        write_json(path, {"settings": signature, "record": record})
+    return record
+
+
+def _in_worker(function, seed: int, s: Settings, records: Path | None) -> dict:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return _cached(function, seed, s, records)
+
+
+def _map(function, seeds, s: Settings, jobs: int, records: Path | None = None) -> list[dict]:
+    """function(seed, s) for every seed (cached in ``records``), ``jobs`` processes at a time
+    (results in seed order)."""
+    seeds = list(seeds)
+    if jobs <= 1 or len(seeds) <= 1:
+        return [_cached(function, seed, s, records) for seed in seeds]
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(functools.partial(_in_worker, function), seeds, [s] * len(seeds), [records] * len(seeds)))
 
 
 def _spread(values: list[float]) -> dict:
@@ -217,22 +282,22 @@ def _spread(values: list[float]) -> dict:
 def summarise(synthetic: list[dict], null: list[dict], real: list[dict]) -> tuple[dict, list[dict]]:
     summary: dict = {}
     targets: list[dict] = []
-    hunts = [h for r in synthetic for h in r.get("bump_hunt", []) if "error" not in h]
-    for keep in (0.2, 0.05, 0.01):
-        rows = [h for h in hunts if h["sr_efficiency"] == keep]
-        if rows:
-            summary[f"signal_leak_{keep:g}"] = {
-                "significance": _spread([h["significance"] for h in rows]),
-                "bias_in_errors": _spread([h["bias_in_errors"] for h in rows]),
-                "sideband_signal_passing": _spread([h["sideband_signal_passing"] for h in rows]),
-                "sr_signal_passing": _spread([h["sr_signal_passing"] for h in rows])}
+    for name in HUNTED:
+        hunts = [h for r in synthetic for h in r.get(f"bump_hunt_{name}", []) if "error" not in h]
+        for keep in (0.2, 0.05, 0.01):
+            rows = [h for h in hunts if h["sr_efficiency"] == keep]
+            if rows:
+                summary[f"signal_leak_{name}_{keep:g}"] = {
+                    "significance": _spread([h["significance"] for h in rows]),
+                    "bias_in_errors": _spread([h["bias_in_errors"] for h in rows]),
+                    "sideband_signal_passing": _spread([h["sideband_signal_passing"] for h in rows]),
+                    "sr_signal_passing": _spread([h["sr_signal_passing"] for h in rows])}
 
     def target(name, value, goal, passed):
         targets.append({"target": name, "value": value, "goal": goal, "pass": bool(passed)})
 
     if synthetic:
-        for key in ("max_sic_true_ratio", "max_sic_cathode", "max_sic_anode", "max_sic_cwola", "max_sic_idealized",
-                    "max_sic_supervised", "ratio_supervised", "ratio_cathode", "ratio_idealized", "ratio_anode", "ratio_cwola",
+        for key in ("max_sic_true_ratio", *(f"{kind}_{name}" for kind in ("max_sic", "ratio") for name in COMPARED),
                     "two_sample_auc_true_background"):
             summary[key] = _spread([r[key] for r in synthetic])
         target("CATHODE max SIC / true-ratio max SIC (median)", summary["ratio_cathode"]["median"], "≥ 0.7",
@@ -241,16 +306,23 @@ def summarise(synthetic: list[dict], null: list[dict], real: list[dict]) -> tupl
                summary["ratio_idealized"]["median"] >= 0.8)
         target("two-sample AUC flow vs true SR background (median)", summary["two_sample_auc_true_background"]["median"],
                "≤ 0.52", summary["two_sample_auc_true_background"]["median"] <= 0.52)
-    if null:
+    for name in HUNTED if null else ():
         for keep in ("0.2", "0.05"):
-            z = np.array([r[f"significance_{keep}"] for r in null], dtype=float)
-            z = z[np.isfinite(z)]
-            p = np.array([r[f"sculpting_p_{keep}"] for r in null], dtype=float)
-            summary[f"null_{keep}"] = {"mean": float(z.mean()), "std": float(z.std(ddof=1)) if len(z) > 1 else None,
-                                       "max": float(z.max()), "n": int(len(z)), "sculpting_p_below_0.05": float((p < 0.05).mean())}
-            target(f"null significance at {keep} of the SR kept: |mean| ≤ 3/√n, std in [0.75, 1.25], max < 5",
-                   [summary[f"null_{keep}"]["mean"], summary[f"null_{keep}"]["std"], summary[f"null_{keep}"]["max"]], "N(0,1)",
-                   abs(z.mean()) <= 3 / np.sqrt(len(z)) and len(z) > 1 and 0.75 <= z.std(ddof=1) <= 1.25 and z.max() < 5)
+            z = np.array([r[f"{name}_significance_{keep}"] for r in null], dtype=float)
+            failed = int((~np.isfinite(z)).sum())  # no fit, e.g. a sideband emptied by the cut
+            z = z[np.isfinite(z)] if failed < len(z) else np.zeros(0)
+            p = np.array([r[f"{name}_sculpting_p_{keep}"] for r in null], dtype=float)
+            null_summary = summary[f"null_{name}_{keep}"] = {
+                "mean": float(z.mean()) if len(z) else None, "std": float(z.std(ddof=1)) if len(z) > 1 else None,
+                "max": float(z.max()) if len(z) else None, "n": int(len(z)), "failed_fits": failed,
+                "sculpting_p_below_0.05": float((p < 0.05).mean()),
+                "sculpting_p_uniformity_ks": float(stats.kstest(p, "uniform").pvalue)}
+            target(f"null {name} significance at {keep} of the SR kept: |mean| ≤ 3/√n, std in [0.75, 1.25], max < 5, no failed fit",
+                   [null_summary["mean"], null_summary["std"], null_summary["max"]], "N(0,1)",
+                   not failed and len(z) > 1 and abs(z.mean()) <= 3 / np.sqrt(len(z)) and 0.75 <= z.std(ddof=1) <= 1.25
+                   and z.max() < 5)
+            target(f"null {name} cut efficiency flat in m_jj at {keep}: sculpting p-values uniform (KS p)",
+                   null_summary["sculpting_p_uniformity_ks"], "≥ 0.01", null_summary["sculpting_p_uniformity_ks"] >= 0.01)
     for r in real:
         if r["inject"] >= 1000:
             target(f"LHCO window S/B {r['window_s_over_b']:.3f}: CATHODE max SIC", r["max_sic_cathode"], "> 7.2",
@@ -269,24 +341,25 @@ def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict]) 
             axes[0].plot(curve["signal_efficiency"], curve["sic"], label=name)
         axes[0].set(xlabel="signal efficiency", ylabel="SIC", title=f"synthetic, seed {synthetic[0]['seed']}")
         axes[0].legend(fontsize=8)
-        names = ["cathode", "anode", "cwola", "idealized", "supervised", "true_ratio"]
+        names = [*COMPARED, "true_ratio"]
         for i, name in enumerate(names):
             values = [r[f"max_sic_{name}"] for r in synthetic]
             axes[1].scatter([i] * len(values), values, s=12)
         axes[1].set_xticks(range(len(names)), names, rotation=30)
         axes[1].set(ylabel="max SIC", title=f"synthetic, {len(synthetic)} seeds")
     if null:
-        z = [r["significance_0.2"] for r in null]
-        axes[2].hist(z, bins=15, range=(-4, 4), density=True, histtype="step", label="20 % kept")
+        for name in HUNTED:
+            z = np.clip([r[f"{name}_significance_0.2"] for r in null if np.isfinite(r[f"{name}_significance_0.2"])], -4, 4)
+            axes[2].hist(z, bins=16, range=(-4, 4), density=True, histtype="step", label=f"{name}, 20 % kept")
         grid = np.linspace(-4, 4, 200)
         axes[2].plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), label="N(0, 1)")
         axes[2].set(xlabel="local significance, background only", title=f"{len(null)} seeds")
         axes[2].legend(fontsize=8)
     elif real:
         for i, r in enumerate(real):
-            axes[2].bar(np.arange(4) + 0.4 * i, [r[f"max_sic_{k}"] for k in ("cathode", "anode", "cwola", "idealized")], 0.4,
+            axes[2].bar(np.arange(len(LHCO_METHODS)) + 0.4 * i, [r[f"max_sic_{k}"] for k in LHCO_METHODS], 0.4,
                         label=f"LHCO S/B {r['window_s_over_b']:.3f}")
-        axes[2].set_xticks(np.arange(4) + 0.2, ["cathode", "anode", "cwola", "idealized"])
+        axes[2].set_xticks(np.arange(len(LHCO_METHODS)) + 0.2, LHCO_METHODS)
         axes[2].set(ylabel="max SIC")
         axes[2].legend(fontsize=8)
     save_figure(fig, path)
@@ -312,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process with one thread")
     p.add_argument("--quick", action="store_true", help="a smoke run: small everything")
     p.add_argument("--out", default="applications/benchmarks/results")
     args = p.parse_args(argv)
@@ -327,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                                  hidden=tuple(args.hidden)),
                  ClassifierSettings(epochs=args.classifier_epochs, top_epochs=args.top_epochs), args.folds, args.device)
     started = time.perf_counter()
-    synthetic = [synthetic_seed(seed, s) for seed in range(args.seeds)]
-    null = [null_seed(seed, s) for seed in range(args.null_seeds)]
+    records = Path(args.out) / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    synthetic = _map(synthetic_seed, range(args.seeds), s, args.jobs, records)
+    null = _map(null_seed, range(args.null_seeds), s, args.jobs, records)
     real = []
     if args.lhco:
         if not LHCO.is_dir():
@@ -354,20 +430,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t['target']:<75} {value if isinstance(value, str) else f'{value:.3g}':>22} {t['goal']:>16}  {'PASS' if t['pass'] else 'FAIL'}")
     if synthetic:
         print("\nsynthetic max SIC (median [16 %, 84 %]) and ratio to the true likelihood ratio's:")
-        for name in ("true_ratio", "supervised", "idealized", "cathode", "anode", "cwola"):
+        for name in ("true_ratio", "supervised", "idealized", "cathode", "lacathode", "anode", "cwola"):
             sic = summary[f"max_sic_{name}"]
             ratio = summary.get(f"ratio_{name}")
             print(f"  {name:<12} {sic['median']:7.2f} [{sic['p16']:.2f}, {sic['p84']:.2f}]"
                   + (f"   ratio {ratio['median']:.2f}" if ratio else ""))
-    for keep in (0.2, 0.05, 0.01):
-        leak = summary.get(f"signal_leak_{keep:g}")
+    for name, keep in ((name, keep) for name in HUNTED for keep in (0.2, 0.05, 0.01)):
+        leak = summary.get(f"signal_leak_{name}_{keep:g}")
         if leak:
-            print(f"bump hunt, {100 * keep:g} % of the SR kept: Z {leak['significance']['median']:.2f}, signal passing in SR "
+            print(f"{name} bump hunt, {100 * keep:g} % of the SR kept: Z {leak['significance']['median']:.2f}, signal passing in SR "
                   f"{leak['sr_signal_passing']['median']:.0f} / in sidebands {leak['sideband_signal_passing']['median']:.0f}, "
                   f"SR background prediction − truth = {leak['bias_in_errors']['median']:+.2f} σ (median)")
     for r in real:
         print(f"LHCO window S/B {r['window_s_over_b']:.4f} (inject {r['inject']}): "
-              + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in ("cathode", "anode", "cwola", "idealized")))
+              + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in LHCO_METHODS))
     print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
     return 0
 

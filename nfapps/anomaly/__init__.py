@@ -1,4 +1,4 @@
-"""Density-based resonant anomaly search in HEP events (ANODE, CATHODE, CWoLa).
+"""Density-based resonant anomaly search in HEP events (ANODE, CATHODE, LaCATHODE, CWoLa).
 
 The pieces, each in its own module: event input from ROOT, HDF5 and .npy (:mod:`.readers`), a
 synthetic LHCO-like generator with exact densities (:mod:`.synthetic`), preprocessing
@@ -13,7 +13,7 @@ hunt (:mod:`.bumphunt`) and the search job that ties them together (:mod:`.searc
 
 from .bumphunt import bump_hunt, fit_sidebands, local_significance, sculpting
 from .density import ConditionalDensity, DensitySettings
-from .methods import anode, cathode, cwola, idealized, supervised, two_sample_auc
+from .methods import anode, cathode, cwola, lacathode, idealized, supervised, two_sample_auc
 from .metrics import auc, max_sic, roc
 from .readers import Events, EventsError, read_events
 from .search import SearchSettings, run_search
@@ -21,6 +21,6 @@ from .synthetic import DijetModel, make_dataset, n_signal_for
 
 __all__ = [
     "Events", "EventsError", "read_events", "DijetModel", "make_dataset", "n_signal_for", "ConditionalDensity",
-    "DensitySettings", "anode", "cathode", "cwola", "idealized", "supervised", "two_sample_auc", "auc", "max_sic", "roc",
+    "DensitySettings", "anode", "cathode", "lacathode", "cwola", "idealized", "supervised", "two_sample_auc", "auc", "max_sic", "roc",
     "bump_hunt", "fit_sidebands", "local_significance", "sculpting", "SearchSettings", "run_search",
 ]

@@ -5,7 +5,8 @@ standardised; the flow — the engine's MAF with affine or spline layers, or a s
 NSF — is trained by maximum likelihood with :func:`nfapps.fit` (early stopping on a held-out
 tenth, checkpoints that resume). ``log_prob`` is the density of the *preprocessed* features:
 density ratios at the same x (ANODE's) need nothing more, and a Jacobian would cancel.
-``sample`` draws x ~ p(x | m) for given masses and maps it back to physical features.
+``sample`` draws x ~ p(x | m) for given masses and maps it back to physical features;
+``latent`` maps events to the flow's base space, where background is N(0, I) at every mass.
 """
 
 from __future__ import annotations
@@ -93,6 +94,16 @@ class ConditionalDensity:
         y = torch.as_tensor(self.scaler.transform(x), dtype=torch.float32)
         c = self._context(m)
         return np.concatenate([self.flow.log_prob(a, b).double().numpy() for a, b in zip(y.split(batch), c.split(batch))])
+
+    @torch.no_grad()
+    def latent(self, x: np.ndarray, m: np.ndarray, batch: int = 65_536) -> np.ndarray:
+        """The flow's base point z = f(y | m) of the preprocessed features y of x. For background
+        events z ~ N(0, I) at every mass (as far as the flow is right): a score of z alone does
+        not depend on m for background, so a cut on it does not sculpt the mass spectrum."""
+        y = torch.as_tensor(self.scaler.transform(x), dtype=torch.float32)
+        c = self._context(m)
+        pieces = [self.flow.to_base(a, b).double().numpy() for a, b in zip(y.split(batch), c.split(batch))]
+        return np.concatenate(pieces) if pieces else np.zeros((0, y.shape[1]))
 
     @torch.no_grad()
     def sample(self, m: np.ndarray, seed: int = 0, batch: int = 65_536) -> np.ndarray:

@@ -38,12 +38,13 @@ def run_generate(out: str | Path, background: int, signal: int | None = None, s_
 def run_search_job(path: str | Path, mass: str, features: Sequence[str], sr: Sequence[float], method: str,
                    out: str | Path, *, label: str | None = None, tree: str | None = None, key: str | None = None,
                    columns: Sequence[str] | None = None, epochs: int = 100, classifier_epochs: int = 40, folds: int = 5,
-                   seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                   seed: int = 0, device: str = "auto", progress: bool = True,
+                   fit_range: Sequence[float] | None = None) -> dict[str, Any]:
     """Read the events and run :func:`~nfapps.anomaly.search.run_search` into ``out``."""
     events = read_events(path, mass, list(features), tree=tree, key=key, label=label, columns=columns)
     logger.info("read %d events with features %s from %s", len(events), events.names, path)
     settings = SearchSettings(
-        sr=tuple(sr), method=method, folds=folds, seed=seed,
+        sr=tuple(sr), method=method, folds=folds, seed=seed, mass_range=tuple(fit_range) if fit_range else None,
         density=DensitySettings(epochs=epochs, seed=seed),
         classifier=ClassifierSettings(epochs=classifier_epochs, top_epochs=min(5, classifier_epochs), seed=seed),
     )
