@@ -21,7 +21,7 @@ import torch
 from ..atomic import dump, load_container
 from ..builders import MAF, NSF
 from ..flow import Flow
-from ..registry import _plain
+from ..outputs import finite
 from ..serialization import flow_from_payload, flow_payload
 from ..training import fit
 from .preprocess import LogitScaler, Standardizer
@@ -125,7 +125,7 @@ class ConditionalDensity:
 
     def save(self, path: str | Path) -> None:
         dump({"flow": flow_payload(self.flow), "scaler": self.scaler.state(), "mass_scaler": self.mass_scaler.state(),
-              "settings": _plain(asdict(self.settings))}, path, "density")
+              "settings": finite(asdict(self.settings))}, path, "density")
 
     @classmethod
     def load(cls, path: str | Path) -> "ConditionalDensity":

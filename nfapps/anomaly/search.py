@@ -200,8 +200,9 @@ def _write_scores(path: Path, m, region, score, labels) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["event", "mass", "region", "score"] + (["label"] if labels is not None else []))
-    for i in range(len(m)):
-        writer.writerow([i, repr(float(m[i])), region[i], repr(float(score[i]))] + ([int(labels[i])] if labels is not None else []))
+    columns = [range(len(m)), np.asarray(m, dtype=np.float64).tolist(), np.asarray(region).tolist(),
+               np.asarray(score, dtype=np.float64).tolist()]  # floats written as repr: exact round trip
+    writer.writerows(zip(*columns, *([np.asarray(labels).astype(int).tolist()] if labels is not None else [])))
     write_bytes_atomic(path, buffer.getvalue().encode())
 
 

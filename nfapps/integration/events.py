@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..atomic import load_container
+from ..atomic import load_container, write_file_atomic
 from ..device import resolve_device
 from ..distributions import BoxUniform
 from ..flow import Flow
@@ -194,10 +193,9 @@ def generate_events(
         n_tried = n
     scale = n / n_tried
 
-    # 2. production, straight into resizable datasets of a temporary file, renamed when complete
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    n_events = overweight_events = 0
-    try:
+    # 2. production, straight into resizable datasets of a temporary file, moved into place when complete
+    def produce(tmp: str) -> None:
+        n_events = overweight_events = 0
         with h5py.File(tmp, "w") as f:
             xs = f.create_dataset("x", (0, integrand.dim), maxshape=(None, integrand.dim), dtype="f8",
                                   chunks=(min(max(n, 1), 16384), integrand.dim))
@@ -238,14 +236,12 @@ def generate_events(
                 "sampler": sampler_name, "seed": seed, "nfapps_version": __version__,
             }
             f.attrs.update(attrs)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.info("wrote %d %s events to %s (integral %.6g ± %.2g)", n_events, attrs["mode"], out_path, tally.mean, tally.error)
-    return read_events_attrs(out_path)
+
+    write_file_atomic(out_path, produce, overwrite)
+    attrs = read_events_attrs(out_path)
+    log.info("wrote %d %s events to %s (integral %.6g ± %.2g)", attrs["n_events"], attrs["mode"], out_path, tally.mean,
+             tally.error)
+    return attrs
 
 
 __all__ = ["acceptance_rate", "generate_events", "read_events_attrs", "unweight"]
