@@ -43,6 +43,7 @@ def test_search_finds_the_injected_signal_and_writes_every_output(events_file, t
     assert stored["max_sic"] == pytest.approx(summary["max_sic"])
     hunt = stored["bump_hunt"][0]
     assert hunt["sr_efficiency"] == 0.2 and np.isfinite(hunt["significance"]) and "sculpting" in hunt
+    assert ("warning" in hunt) == (hunt["sculpting"]["p_value"] < 1e-3)  # a sculpting cut is flagged
     rows = (tmp_path / "run" / "scores.csv").read_text().splitlines()
     assert rows[0] == "event,mass,region,score,label" and len(rows) == len(events) + 1
 

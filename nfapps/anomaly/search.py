@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 SEARCH_METHODS = ("cathode", "lacathode", "anode", "cwola", "supervised")
 CUTS = (0.2, 0.05, 0.01)
+#: Below this p-value of the sculpting test a bump hunt's record carries a warning.
+SCULPTING_P = 1e-3
 
 
 @dataclass
@@ -172,6 +174,11 @@ def _bump_hunts(events: Events, score: np.ndarray, in_sr: np.ndarray, s: SearchS
         record = {"sr_efficiency": keep, "threshold": threshold, **hunt.to_dict()}
         sidebands = ~in_sr if events.labels is None else events.labels == 0
         record["sculpting"] = sculpting(m[sidebands], score[sidebands] > threshold, edges)
+        if record["sculpting"]["p_value"] < SCULPTING_P:
+            record["warning"] = (f"the cut's efficiency depends on the mass (sculpting test p = "
+                                 f"{record['sculpting']['p_value']:.2g}): the sideband fit may mispredict the SR "
+                                 "background and this significance is not reliable; --method lacathode does not sculpt")
+            logger.warning("bump hunt at %g %% of the SR kept: %s", 100 * keep, record["warning"])
         plot_bump_hunt(hunt, out / f"spectrum_{keep:g}.png", title=f"{s.method}: {100 * keep:g} % of the SR kept")
         hunts.append(record)
     return hunts
