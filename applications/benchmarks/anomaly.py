@@ -348,13 +348,24 @@ def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict]) 
         axes[1].set_xticks(range(len(names)), names, rotation=30)
         axes[1].set(ylabel="max SIC", title=f"synthetic, {len(synthetic)} seeds")
     if null:
-        for name in HUNTED:
-            z = np.clip([r[f"{name}_significance_0.2"] for r in null if np.isfinite(r[f"{name}_significance_0.2"])], -4, 4)
-            axes[2].hist(z, bins=16, range=(-4, 4), density=True, histtype="step", label=f"{name}, 20 % kept")
+        # without synthetic seeds the first two panels show the 5 % cut and the sculpting p-values
+        panels = [(axes[2], "0.2")] + ([(axes[0], "0.05")] if not synthetic else [])
         grid = np.linspace(-4, 4, 200)
-        axes[2].plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), label="N(0, 1)")
-        axes[2].set(xlabel="local significance, background only", title=f"{len(null)} seeds")
-        axes[2].legend(fontsize=8)
+        for ax, keep in panels:
+            for name in HUNTED:
+                z = np.array([r[f"{name}_significance_{keep}"] for r in null], dtype=float)
+                ax.hist(np.clip(z[np.isfinite(z)], -4, 4), bins=16, range=(-4, 4), density=True, histtype="step",
+                        label=f"{name}, {100 * float(keep):g} % kept")
+            ax.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), label="N(0, 1)")
+            ax.set(xlabel="local significance, background only", title=f"{len(null)} seeds")
+            ax.legend(fontsize=8)
+        if not synthetic:
+            for name in HUNTED:
+                p = np.array([r[f"{name}_sculpting_p_0.2"] for r in null], dtype=float)
+                axes[1].hist(p, bins=10, range=(0, 1), histtype="step", label=f"{name}, 20 % kept")
+            axes[1].axhline(len(null) / 10, color="grey", lw=0.8, label="uniform (no sculpting)")
+            axes[1].set(xlabel="sculpting test p-value (sidebands)", ylabel="seeds", title="cut efficiency flat in m_jj?")
+            axes[1].legend(fontsize=8)
     elif real:
         for i, r in enumerate(real):
             axes[2].bar(np.arange(len(LHCO_METHODS)) + 0.4 * i, [r[f"max_sic_{k}"] for k in LHCO_METHODS], 0.4,
