@@ -156,17 +156,16 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
 
 
 def _leakage(m: np.ndarray, x: np.ndarray, y: np.ndarray, in_sr: np.ndarray, scores) -> list[dict]:
-    """The bump hunt on the data after CATHODE cuts, against the truth: signal that leaks into the
-    sidebands raises the sideband fit and so the predicted SR background (a bias), which the
+    """The bump hunt on the data after cuts on ``scores``, against the truth: signal that leaks into
+    the sidebands raises the sideband fit and so the predicted SR background (a bias), which the
     labels measure as predicted − true background in the SR."""
-    score = np.empty(len(m))
-    score[in_sr], score[~in_sr] = scores.sr, scores.matched(x[~in_sr], m[~in_sr])
+    score = scores.of_events(x, m, in_sr)
     fit_range = default_fit_range(m, SR)
+    in_range = (m >= fit_range[0]) & (m <= fit_range[1])
     records = []
     for keep in (0.2, 0.05, 0.01):
         threshold = float(np.quantile(score[in_sr], 1 - keep))
         passed = score > threshold
-        in_range = (m >= fit_range[0]) & (m <= fit_range[1])
         try:
             hunt = bump_hunt(m, score, SR, fit_range, threshold=threshold)
         except ValueError as err:
@@ -199,8 +198,7 @@ def null_seed(seed: int, s: Settings) -> dict:
         extra = {"sr": SR} if name == "cathode" else {}
         result = method(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background=background, classifier=classifier,
                         folds=s.folds, device=s.device, progress=False, seed=seed, **extra)
-        score = np.empty(len(m))
-        score[in_sr], score[~in_sr] = result.sr, result.matched(x[~in_sr], m[~in_sr])
+        score = result.of_events(x, m, in_sr)
         for keep in (0.2, 0.05):
             threshold = float(np.quantile(score[in_sr], 1 - keep))
             record[f"{name}_sculpting_p_{keep:g}"] = sculpting(m[~in_sr], score[~in_sr] > threshold, edges)["p_value"]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..atomic import dump, load_container
 from ..device import resolve_device
 from ..nets import MLP
+from ..outputs import finite
 from .preprocess import Standardizer
 
 logger = logging.getLogger(__name__)
@@ -158,8 +159,8 @@ class CrossFit:
         fold = np.random.default_rng(seed).integers(len(self.members), size=len(x))
         out = np.zeros(len(x))
         for k, member in enumerate(self.members):
-            if (fold == k).any():
-                out[fold == k] = member.predict(x[fold == k])
+            chosen = fold == k
+            out[chosen] = member.predict(x[chosen])
         return out
 
 
@@ -182,7 +183,7 @@ def cross_fit(x_one: np.ndarray, x_zero: np.ndarray, folds: int = 5, settings: C
     fold_zero = rng.permutation(len(x_zero)) % folds
     out = np.zeros(len(x_one))
     members = []
-    signature = {"folds": folds, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()},
+    signature = {"folds": folds, "settings": finite(s.__dict__),
                  "sizes": [len(x_one), len(x_zero)], "sums": [float(np.sum(x_one)), float(np.sum(x_zero))]}
     if checkpoint is not None:
         Path(checkpoint).mkdir(parents=True, exist_ok=True)

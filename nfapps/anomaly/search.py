@@ -43,6 +43,8 @@ from .readers import Events
 logger = logging.getLogger(__name__)
 
 SEARCH_METHODS = ("cathode", "lacathode", "anode", "cwola", "supervised")
+#: The search methods that need the background density p(x | m).
+DENSITY_METHODS = ("cathode", "lacathode", "anode")
 CUTS = (0.2, 0.05, 0.01)
 #: Below this p-value of the sculpting test a bump hunt's record carries a warning.
 SCULPTING_P = 1e-3
@@ -99,18 +101,19 @@ def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path,
 def _scores(events: Events, masks, s: SearchSettings, background, device: str, progress: bool, out: Path):
     in_sr, train, _ = masks
     x, m = events.features, events.mass
+    folds_dir = out / f"classifiers-{s.method}"
     if s.method == "cathode":
         return cathode(x[train], m[train], x[in_sr], m[in_sr], s.sr, background, classifier=s.classifier,
                        oversample=s.oversample, folds=s.folds, device=device, progress=progress, seed=s.seed,
-                       checkpoint=out / f"classifiers-{s.method}")
+                       checkpoint=folds_dir)
     if s.method == "lacathode":
         return lacathode(x[train], m[train], x[in_sr], m[in_sr], background, classifier=s.classifier,
                          oversample=s.oversample, folds=s.folds, device=device, progress=progress, seed=s.seed,
-                         checkpoint=out / f"classifiers-{s.method}")
+                         checkpoint=folds_dir)
     if s.method == "anode":
         return anode(x[train], m[train], x[in_sr], m[in_sr], background, s.density, device, progress)
     if s.method == "cwola":
-        return cwola(x[train], x[in_sr], s.classifier, s.folds, device, progress, checkpoint=out / f"classifiers-{s.method}")
+        return cwola(x[train], x[in_sr], s.classifier, s.folds, device, progress, checkpoint=folds_dir)
     if events.labels is None:
         raise ValueError("method 'supervised' needs truth labels: pass --label with the name of the label column")
     return supervised(x[events.labels == 1], x[events.labels == 0], x[in_sr], s.classifier, device)
@@ -126,11 +129,9 @@ def run_search(events: Events, out: str | Path, settings: SearchSettings | None 
     masks = _split(events, s)
     in_sr, train, control = masks
     x, m, labels = events.features, events.mass, events.labels
-    background = _background(events, train, s, out, device, progress) if s.method in ("cathode", "lacathode", "anode") else None
+    background = _background(events, train, s, out, device, progress) if s.method in DENSITY_METHODS else None
     result = _scores(events, masks, s, background, device, progress, out)
-    score = np.empty(len(events))
-    score[in_sr] = result.sr
-    score[~in_sr] = result.matched(x[~in_sr], m[~in_sr])  # distributed as the SR's out-of-sample scores
+    score = result.of_events(x, m, in_sr)  # sideband scores distributed as the SR's out-of-sample ones
 
     summary: dict[str, Any] = {
         "method": s.method, "settings": asdict(s), "features": events.names, "mass": events.mass_name,
