@@ -28,7 +28,7 @@ from .distributions import BoxUniform, StandardNormal
 from .flow import Flow
 from .registry import register_builder
 from .transforms.autoregressive import MaskedAutoregressive
-from .transforms.base import Compose, Transform
+from .transforms.base import Compose, Inverse, Transform
 from .transforms.coupling import Coupling, coupling_mask
 from .transforms.elementwise import Elementwise
 from .transforms.grid import AdaptiveGrid
@@ -53,7 +53,8 @@ def _coupling_stack(
     for i in range(transforms):
         if randperm:
             layers.append(RandomPermutation(features, seed=i))
-        layers.append(Coupling(coupling_mask(features, mask, flip=i % 2 == 1, layer=i), elementwise, context, hidden, activation))
+        layers.append(Coupling(coupling_mask(features, mask, flip=i % 2 == 1, layer=i, layers=transforms),
+                               elementwise, context, hidden, activation))
     return layers
 
 
@@ -88,7 +89,8 @@ def RealNVP(
 
     The log-scale is soft-clamped to (−scale_bound, scale_bound); masks alternate so that
     consecutive layers transform complementary features (``mask="halves"``, ``"alternating"``
-    or ``"binary"`` — every feature conditions every other within 2⌈log₂ D⌉ layers; ``randperm``
+    or ``"binary"`` — every feature conditions every other within 2⌈log₂ D⌉ layers — or
+    ``"antichain"``, which needs only as many as :func:`~nfapps.transforms.coupling.antichain_layers`; ``randperm``
     adds a fixed random permutation before each layer).
     """
     _check_sizes(features, context, transforms)
@@ -111,13 +113,23 @@ def NSF(
     randperm: bool = False,
     activation: str = "relu",
     pre_map: int = 0,
+    sampling: str = "inverse",
 ) -> Flow:
     """Neural spline flow (Durkan et al. 2019): rational-quadratic spline couplings
     (or autoregressive layers with ``autoregressive=True``) with ``bins`` bins on [−bound, bound]
     and linear tails, or on [0, 1]^d with a uniform base when ``bounded``.
 
     ``pre_map=K`` (bounded only) first maps the data through a learnable K-bin piecewise-linear
-    map per dimension, ``Elementwise(features, PiecewiseLinearMap(K))``: a VEGAS-like grid."""
+    map per dimension, ``Elementwise(features, PiecewiseLinearMap(K))``: a VEGAS-like grid.
+
+    ``sampling`` picks which direction of the spline layers draws samples. ``"inverse"`` (the
+    usual flow): densities use the splines, samples their inverses (a quadratic solve per
+    element). ``"forward"``: each layer is ``Inverse(layer)``, so samples use the splines
+    themselves and densities the inverses — for importance sampling, where drawing points with
+    their density is the hot loop. The pre-map keeps its direction either way: its equal-width
+    bins stay on the data side, where the density of a point is a smooth function of the
+    parameters (with learned bin edges there, a point's bin would jump as they move, and
+    gradient training stalls)."""
     _check_sizes(features, context, transforms)
     if not isinstance(pre_map, numbers.Integral) or isinstance(pre_map, bool) or pre_map < 0:
         raise ValueError(f"pre_map must be an integer ≥ 0, got {pre_map!r}")
@@ -128,6 +140,10 @@ def NSF(
         layers = _autoregressive_stack(features, context, transforms, spline, hidden, activation)
     else:
         layers = _coupling_stack(features, context, transforms, spline, hidden, mask, randperm, activation)
+    if sampling == "forward":
+        layers = [Inverse(layer) for layer in layers]
+    elif sampling != "inverse":
+        raise ValueError(f"sampling must be 'inverse' or 'forward', got {sampling!r}")
     if pre_map:
         layers.insert(0, Elementwise(features, PiecewiseLinearMap(pre_map)))
     return _flow(layers, features, context, bounded)

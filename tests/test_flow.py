@@ -11,6 +11,8 @@ BUILDERS = {
     "RealNVP": lambda ctx: RealNVP(3, ctx, transforms=2, hidden=(16,)),
     "NSF": lambda ctx: NSF(3, ctx, bins=4, transforms=2, hidden=(16,)),
     "NSF-bounded": lambda ctx: NSF(3, ctx, bins=4, transforms=2, hidden=(16,), bounded=True),
+    "NSF-sampling-forward": lambda ctx: NSF(3, ctx, bins=4, transforms=3, hidden=(16,), bounded=True, mask="antichain",
+                                            pre_map=8, sampling="forward"),
     "MAF": lambda ctx: MAF(3, ctx, transforms=2, hidden=(16,)),
     "MAF-spline": lambda ctx: MAF(3, ctx, transforms=2, hidden=(16,), elementwise="spline", bins=4),
 }
@@ -101,6 +103,7 @@ def test_context_given_to_an_unconditional_flow():
         (lambda: MAF(3, elementwise="cubic"), "elementwise must be"),
         (lambda: MAF(3, bounded=True), "bounded=True needs elementwise='spline'"),
         (lambda: RealNVP(4, mask="diagonal"), "mask must be"),
+        (lambda: NSF(4, sampling="backward"), "sampling must be"),
     ],
 )
 def test_builder_argument_errors(build, message):

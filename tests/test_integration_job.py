@@ -268,10 +268,10 @@ def test_a_job_computes_exactly_what_integrate_does(tmp_path):
 
 
 def test_a_run_whose_flow_gives_up_resumes_bit_identically(tmp_path):
-    """On polynomial-18 (separable) the flow stops training against the VEGAS grid part-way; a run
+    """On polynomial-54 (separable) the flow stops training against the VEGAS grid part-way; a run
     killed right after the chunk where it stopped resumes to the same result, the unspent calls in the estimate."""
     settings = {**SMALL, "calls": 80_000, "chunks": 8}
-    straight = run_integration("polynomial-18", out=tmp_path / "straight", seed=1, progress=False, device="cpu", **settings)
+    straight = run_integration("polynomial-54", out=tmp_path / "straight", seed=1, progress=False, device="cpu", **settings)
     r = straight["result"]
     assert r["sampler"] == "grid" and r["calls_grid"] == 8000 and r["calls_training"] < 8000 + 62 * 512
     assert r["calls_training"] + r["calls_pilot"] + r["calls_estimate"] == 80_000
@@ -284,7 +284,7 @@ def test_a_run_whose_flow_gives_up_resumes_bit_identically(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        run_integration("polynomial-18", out=tmp_path / "resumed", seed=1, progress=False, device="cpu",
+        run_integration("polynomial-54", out=tmp_path / "resumed", seed=1, progress=False, device="cpu",
                         on_chunk=kill_once_stopped, **settings)
     resumed = run_integration(out=tmp_path / "resumed", resume=True, progress=False, device="cpu")
     timing = {"time_integrand_s", "time_sampler_s", "time_training_s", "peak_memory_mb"}

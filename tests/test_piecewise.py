@@ -8,6 +8,7 @@ import torch
 
 import nfapps
 from nfapps.builders import NSF
+from nfapps.transforms.base import Inverse
 from nfapps.transforms.elementwise import Elementwise
 from nfapps.transforms.piecewise import (
     PiecewiseLinearMap,
@@ -154,6 +155,9 @@ def test_nsf_pre_map_puts_a_grid_in_front():
     assert isinstance(first, Elementwise) and isinstance(first.elementwise, PiecewiseLinearMap)
     assert first.elementwise.bins == 16 and flow.config["kwargs"]["pre_map"] == 16
     assert not any(isinstance(t, Elementwise) for t in NSF(3, bounded=True, transforms=2, hidden=(8,)).transform)
+    sampler = NSF(3, bins=4, transforms=2, hidden=(8,), bounded=True, pre_map=16, sampling="forward")
+    assert isinstance(sampler.transform[0], Elementwise)  # the pre-map keeps its direction
+    assert all(isinstance(t, Inverse) for t in sampler.transform.transforms[1:])
     with pytest.raises(ValueError, match="bounded"):
         NSF(3, pre_map=8)
     with pytest.raises(ValueError, match="pre_map"):

@@ -25,6 +25,8 @@ from conftest import perturb
         (lambda: RealNVP(3, transforms=2, hidden=(8,)), torch.float32),
         (lambda: NSF(2, context=2, transforms=2, hidden=(8,), bins=4), torch.float32),
         (lambda: RealNVP(2, context=1, transforms=2, hidden=(8,), randperm=True), torch.float64),
+        (lambda: NSF(5, transforms=4, hidden=(8,), bins=4, bounded=True, mask="antichain", pre_map=8, sampling="forward"),
+         torch.float32),
     ],
 )
 def test_round_trip_gives_identical_log_prob(tmp_path, make, dtype):
@@ -33,6 +35,8 @@ def test_round_trip_gives_identical_log_prob(tmp_path, make, dtype):
     flow.eval()
     features, context = flow.event_shape[0], flow.context_features
     x = torch.randn(16, features, dtype=dtype)
+    if flow.config["kwargs"].get("bounded"):
+        x = torch.rand(16, features, dtype=dtype)
     c = torch.randn(16, context, dtype=dtype) if context else None
     save(flow, tmp_path / "flow.nfapps")
     loaded = load(tmp_path / "flow.nfapps")

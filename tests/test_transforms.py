@@ -17,7 +17,7 @@ import nfapps
 from nfapps.builders import MAF, NSF, RealNVP
 from nfapps.transforms.autoregressive import MaskedAutoregressive
 from nfapps.transforms.base import Compose, Inverse
-from nfapps.transforms.coupling import Coupling, coupling_mask
+from nfapps.transforms.coupling import Coupling, antichain_layers, coupling_mask
 from nfapps.transforms.elementwise import Affine, Elementwise, Logit, Sigmoid
 from nfapps.transforms.maps import AffineMap, SplineMap
 from nfapps.transforms.permutations import RandomPermutation, ReversePermutation
@@ -67,6 +67,8 @@ def _cases():
         ("NSF", lambda: NSF(D, C, bins=4, transforms=2, hidden=(16,), bound=2.0).transform, C, "real"),
         ("NSF-ar-bounded", lambda: NSF(D, bins=4, transforms=2, hidden=(16,), bounded=True, autoregressive=True).transform, 0, "unit"),
         ("NSF-bounded-pre-map-ctx", lambda: NSF(D, C, bins=4, transforms=2, hidden=(16,), bounded=True, pre_map=6).transform, C, "unit"),
+        ("NSF-sampling-forward-antichain", lambda: NSF(D, C, bins=4, transforms=4, hidden=(16,), bounded=True, pre_map=6,
+                                                       mask="antichain", sampling="forward").transform, C, "unit"),
         ("MAF-spline", lambda: MAF(D, C, transforms=2, hidden=(16,), elementwise="spline", bins=4).transform, C, "real"),
     ]
 
@@ -152,6 +154,31 @@ def test_binary_masks_let_every_feature_condition_every_other(features):
         assert mask.any() and not mask.all()
         conditions |= mask[:, None] & ~mask[None, :]
     assert (conditions | torch.eye(features, dtype=torch.bool)).all()
+
+
+@pytest.mark.parametrize("features", [2, 3, 4, 5, 8, 16, 17, 33, 96])
+def test_antichain_masks_cover_every_pair_in_the_fewest_layers(features):
+    layers = antichain_layers(features)
+    assert math.comb(layers, layers // 2) >= features and (layers == 2 or math.comb(layers - 1, (layers - 1) // 2) < features)
+    for total in (layers, layers + 2):
+        conditions = torch.zeros(features, features, dtype=torch.bool)
+        transformed = []
+        for layer in range(total):
+            mask = coupling_mask(features, "antichain", layer=layer, layers=total)
+            assert mask.any() and not mask.all()
+            conditions |= mask[:, None] & ~mask[None, :]
+            transformed.append(int((~mask).sum()))
+        assert (conditions | torch.eye(features, dtype=torch.bool)).all()
+        assert max(transformed) - min(transformed) <= 1 + features // 16  # balanced layers
+    assert [antichain_layers(d) for d in (2, 4, 8, 16, 32, 96)] == [2, 4, 5, 6, 7, 9]
+
+
+def test_antichain_masks_with_too_few_layers_still_split_every_layer():
+    for layer in range(3):
+        mask = coupling_mask(17, "antichain", layer=layer, layers=3)
+        assert mask.any() and not mask.all()
+    with pytest.raises(ValueError, match="total number of layers"):
+        coupling_mask(4, "antichain")
 
 
 def test_binary_mask_coupling_flow_is_exact():

@@ -71,8 +71,7 @@ def _library_defaults() -> dict[str, Any]:
     sampler = inspect.signature(Integrator).parameters
     defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
                                                    "replica_size", "stratify", "choose", "grid_fraction")}
-    defaults.update({key: sampler[key].default for key in ("bins", "transforms", "pre_map", "grid")})
-    defaults["hidden"] = list(sampler["hidden"].default)
+    defaults.update({key: sampler[key].default for key in ("bins", "transforms", "hidden", "pre_map", "grid")})
     return defaults
 
 
@@ -456,7 +455,7 @@ def run_integration(
 
     integrator = Integrator(
         resolved.f, resolved.dim, resolved.bounds, device=device, seed=settings["seed"],
-        bins=settings["bins"], transforms=settings["transforms"], hidden=tuple(settings["hidden"]),
+        bins=settings["bins"], transforms=settings["transforms"], hidden=settings["hidden"],
         pre_map=settings["pre_map"], grid=settings["grid"],
     )
     # Check the integrand on a few points before anything is written: a function that raises,

@@ -85,6 +85,27 @@ def _shared_rows(params: Tensor) -> Tensor:
     return params[index]
 
 
+def bin_index(edges: Tensor, values: Tensor) -> Tensor:
+    """How many of the sorted ``edges`` (…, E) lie at or below each of ``values`` (…): the bin
+    of each value. Edges given per value are compared all at once; edges shared by all values
+    of a feature (leading axes of size 1 but the last, as a pre-map's are) are searched by
+    bisection, log₂ E gathers instead of E comparisons per value."""
+    features, count = values.shape[-1] if values.dim() else 1, edges.shape[-1]
+    shared = edges.dim() == values.dim() + 1 and values.dim() >= 1 and edges.shape[-2] == features and \
+        math.prod(edges.shape[:-2]) == 1 and values.numel() > features
+    if not shared:
+        return (edges <= values.unsqueeze(-1)).sum(dim=-1)
+    width = 1 << count.bit_length()  # a power of two above E: padded with +inf, never at or below
+    table = torch.cat([edges.reshape(features, count), edges.new_full((features, width - count), math.inf)], dim=1)
+    flat = values.reshape(-1, features).t().contiguous()  # (features, points): gathers along the points
+    index = torch.zeros(flat.shape, dtype=torch.long, device=flat.device)
+    step = width // 2
+    while step:  # invariant: edges[: index] ≤ value; the probe decides the next bit of the count
+        index += (table.gather(1, index + (step - 1)) <= flat).long() * step
+        step //= 2
+    return index.t().reshape(values.shape)
+
+
 def piecewise_linear(
     x: Tensor, unnormalized: Tensor, inverse: bool = False, min_density: float = DEFAULT_MIN_DENSITY
 ) -> tuple[Tensor, Tensor]:
@@ -99,7 +120,7 @@ def piecewise_linear(
     upper = upper_edges(masses)
     if inverse:
         yc = x.clamp(0.0, 1.0)
-        b = (upper[..., :-1] <= yc.unsqueeze(-1)).sum(dim=-1)
+        b = bin_index(upper[..., :-1], yc)
         q_b = _take(masses, b)
         beta = ((_take(upper, b) - yc) / q_b).clamp(0.0, 1.0)
         out = ((b + 1).to(x.dtype) - beta) / k
@@ -243,6 +264,7 @@ class PiecewiseQuadraticMap(ElementwiseMap):
 __all__ = [
     "PiecewiseLinearMap",
     "PiecewiseQuadraticMap",
+    "bin_index",
     "floored_softmax",
     "piecewise_linear",
     "piecewise_quadratic",
