@@ -9,6 +9,7 @@ import torch
 from conftest import perturb
 
 from nfapps.builders import NSF
+from nfapps.transforms.base import Inverse
 from nfapps.integration.estimate import (
     Tally,
     batch_sizes,
@@ -18,7 +19,7 @@ from nfapps.integration.estimate import (
     unweighting_efficiency,
 )
 from nfapps.integration.integrand import IntegrandError, UnitCubeIntegrand, load_callable
-from nfapps.integration.integrator import Integrator, integrate
+from nfapps.integration.integrator import Integrator, integrate, sampler_size
 from nfapps.integration.stratify import Strata, cells_per_dimension
 
 ALPHA = 0.2
@@ -331,3 +332,23 @@ def test_an_interrupted_estimate_continues_from_its_checkpoint(tmp_path):
         k: v for k, v in straight.to_dict().items() if k not in timing}
     with pytest.raises(ValueError, match="another estimate"):
         fresh(gaussian).integrate(20_000, batch=4000, progress=False, checkpoint=checkpoint)
+
+
+def test_the_default_sampler_is_sized_by_dimension():
+    """Small d: the wide flow, drawing through the splines' inverses; large d: the narrow one,
+    drawing through the splines themselves; every dimension conditions every other."""
+    assert sampler_size(2) == {"bins": 16, "transforms": 6, "hidden": (64, 64), "sampling": "inverse"}
+    assert sampler_size(16) == {"bins": 8, "transforms": 6, "hidden": (32, 32), "sampling": "forward"}
+    assert sampler_size(96)["transforms"] == 9
+    assert sampler_size(16, bins=4, transforms=8, hidden=[16])["hidden"] == (16,)
+    for dim in (3, 9):
+        flow = Integrator(lambda x: x[:, 0], dim, device="cpu", grid=0).flow
+        kwargs = flow.config["kwargs"]
+        assert kwargs["mask"] == "antichain" and kwargs["sampling"] == sampler_size(dim)["sampling"]
+        couplings = [t.transform if isinstance(t, Inverse) else t for t in flow.transform.transforms[1:]]
+        conditions = torch.zeros(dim, dim, dtype=torch.bool)
+        for c in couplings:
+            conditions[c.conditioning[:, None], c.transformed[None, :]] = True
+        assert (conditions | torch.eye(dim, dtype=torch.bool)).all()
+        u, log_q = flow.sample_and_log_prob(64)
+        torch.testing.assert_close(flow.log_prob(u), log_q, atol=1e-4, rtol=0)

@@ -13,6 +13,7 @@ from nfapps.transforms.elementwise import Elementwise
 from nfapps.transforms.piecewise import (
     PiecewiseLinearMap,
     PiecewiseQuadraticMap,
+    bin_index,
     floored_softmax,
     quadratic_knots,
     upper_edges,
@@ -192,3 +193,20 @@ def test_shared_parameters_are_worked_once_and_give_the_same_bits():
             without = fn(x)
         assert with_grad[0].requires_grad and not without[0].requires_grad
         assert torch.equal(with_grad[0].detach(), without[0]) and torch.equal(with_grad[1].detach(), without[1])
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 8, 32, 33])
+def test_bin_index_by_bisection_equals_counting_the_edges(bins):
+    """Shared edges (a pre-map's, one row per feature) are searched by bisection; the bins must
+    be exactly those of counting the edges at or below each value, ties on an edge included."""
+    g = torch.Generator().manual_seed(bins)
+    edges = upper_edges(floored_softmax(3 * torch.randn(1, 5, bins, generator=g), 1e-3))[..., :-1]
+    values = torch.rand(300, 5, generator=g)
+    values[0], values[1] = 0.0, 1.0
+    if bins > 1:
+        values[2] = edges[0, :, 0]  # exactly on the first interior edge
+        values[3] = edges[0, :, -1]
+    counted = (edges <= values.unsqueeze(-1)).sum(dim=-1)
+    assert torch.equal(bin_index(edges, values), counted)
+    per_value = edges.expand(300, 5, bins - 1)
+    assert torch.equal(bin_index(per_value, values), counted)

@@ -342,7 +342,7 @@ PER_SEED_FIELDS = ("value", "error", "pull", "relative_std", "pareto_k", "sample
 
 def compact_run(run: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:
     """A pull-study record cut down to :data:`PER_SEED_FIELDS` per method."""
-    return {"integrand": run["integrand"], "seed": run["seed"],
+    return {"integrand": run["integrand"], "seed": run["seed"], "calls": run.get("calls"),
             **{m: {k: run[m][k] for k in PER_SEED_FIELDS if k in run[m]} for m in methods}}
 
 
@@ -350,11 +350,14 @@ def summarize_pulls(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[
     """Pull statistics per method, per integrand and pooled over every integrand and seed."""
     out: dict[str, Any] = {}
     for m in methods:
-        per = {}
+        per: dict[str, list[float]] = {}
+        budgets: dict[str, set[int]] = {}
         for run in runs:
             per.setdefault(run["integrand"], []).append(run[m]["pull"])
+            budgets.setdefault(run["integrand"], set()).add(run.get("calls"))
         out[m] = {"pooled": pull_summary([p for v in per.values() for p in v]),
-                  "per_integrand": {name: pull_summary(v) for name, v in per.items()}}
+                  "per_integrand": {name: {**pull_summary(v), "calls": sorted(c for c in budgets[name] if c)}
+                                    for name, v in per.items()}}
     return out
 
 
@@ -453,13 +456,15 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
     if "vegas" in methods:
         lines.append("VEGAS+ final: " + ", ".join(f"{r['integrand']} {r['vegas']['final_strategy']}" for r in rows))
     if pulls:
-        lines += ["", f"{'pulls':<16}{'method':<8}{'n':>6}{'mean':>8}{'std':>7}{'1σ cov':>8}{'2σ cov':>8}{'max|p|':>8}"]
+        lines += ["", f"{'pulls':<16}{'method':<8}{'n':>6}{'mean':>8}{'std':>7}{'1σ cov':>8}{'2σ cov':>8}{'max|p|':>8}"
+                      f"{'calls':>9}"]
         for m in methods:
             entries = [("pooled", pulls[m]["pooled"])] + list(pulls[m]["per_integrand"].items())
             for name, p in entries:
                 if p["n"]:
+                    calls = "/".join(f"{c:.0e}".replace("e+0", "e") for c in p.get("calls", []))
                     lines.append(f"{name:<16}{m:<8}{p['n']:>6}{p['mean']:>8.3f}{p['std']:>7.3f}"
-                                 f"{p['coverage_1sigma']:>8.1%}{p['coverage_2sigma']:>8.1%}{p['max_abs']:>8.2f}")
+                                 f"{p['coverage_1sigma']:>8.1%}{p['coverage_2sigma']:>8.1%}{p['max_abs']:>8.2f}{calls:>9}")
     lines += ["", f"{'sampler cost (CPU)':<20}" + "".join(f"{'d=' + str(d):>9}" for d in sorted({c['dim'] for c in cost}))]
     for n in sorted({c["batch"] for c in cost}, reverse=True):
         lines.append(f"{f'µs/pt, batch {n}':<20}" + "".join(f"{c['us_per_point']:>9.2f}" for c in cost if c["batch"] == n))
@@ -589,7 +594,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = Settings(**{**parts[0]["settings"], "threads": s.threads, "sampler_batches": s.sampler_batches,
                         "sampler_dims": s.sampler_dims, "repeats": s.repeats})
         first: list[dict[str, Any]] = []  # whole records of each part's first seed
-        for part in parts:
+        for part in parts:  # parts may differ in budget (--calls): each record keeps its own
+            for record in part["integrands"] + (part["runs"] or []):
+                record.setdefault("calls", int(part["settings"]["calls"]))
             first += part["integrands"]
             runs += part["runs"] or part["integrands"]
         runs.sort(key=lambda r: (r["seed"], order.index(r["integrand"])))
@@ -599,7 +606,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for seed in seeds if not args.merge else ():
         for name in names:
             f = INTEGRANDS[name]
-            run: dict[str, Any] = {"integrand": name, "dim": f.dim, "group": group(f), "exact": f.exact, "seed": seed}
+            run: dict[str, Any] = {"integrand": name, "dim": f.dim, "group": group(f), "exact": f.exact, "seed": seed,
+                                   "calls": s.calls}
             run["nfapps"] = run_nfapps(f, s, seed)
             if "vegas" in methods:
                 run["vegas"] = run_vegas(f, s, seed)
