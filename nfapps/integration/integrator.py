@@ -112,8 +112,9 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
 
     Up to d = 4: 2⌈log₂ d⌉ layers (at least 2; i-flow's count), 16 bins, two hidden layers of
     64, and samples drawn through the splines' inverses (``NSF(sampling="inverse")``). At 10⁶
-    calls (seed 0) camel-4 and circles measured 0.079 and 0.064 so; with 6 layers 0.094 and
-    0.072, and drawing through the splines themselves 0.115 and 0.090.
+    calls (seed 0; other initialisations move these by 5–15 %) camel-4 and circles measured
+    0.083 and 0.068 so, with 6 layers 0.094 and 0.072, and drawing through the splines
+    themselves 0.115 and 0.090.
     Above: 6 layers, or :func:`~nfapps.transforms.coupling.antichain_layers` (d) where that is
     more (7 from d = 21, 9 at d = 96: every dimension conditions every other), 8 bins, hidden
     64 × 64 up to d = 8 and 32 × 32 above, and samples drawn through the splines themselves (no
@@ -121,7 +122,9 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     to d = 16 — the conditioners' outputs, d/2·(3K+1) per layer, and the element-wise maps grow
     with d — at about the variance of the larger flow (camel-8 and camel-16 0.22 and 0.39,
     against 0.21 and 0.35). At d = 8, 32 × 32 gave the same variance but fewer unweighted
-    events (classic efficiency 0.029 against 0.034).
+    events (classic efficiency 0.029 against 0.034). On camel-16 either width can collapse onto
+    one of the two peaks (half the integral, with a tiny error bar): 32 × 32 did in 4 of 10
+    seeds at 3·10⁵ calls, 64 × 64 in seed 0 at 10⁶ — see the README's results.
     """
     small = dim <= 4
     layers = max(2, 2 * math.ceil(math.log2(max(dim, 2)))) if small else max(6, antichain_layers(dim))
