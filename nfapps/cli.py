@@ -91,7 +91,8 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default: {DEFAULTS['lr']})")
     p.add_argument("--bins", type=int, help="spline bins of the sampler (default: 16 up to dim 4, else 8)")
     p.add_argument("--transforms", type=int,
-                   help="coupling layers of the sampler (default: at least 6, and enough that every dimension conditions every other)")
+                   help="coupling layers of the sampler (default: 2⌈log2 dim⌉ up to dim 4, then 6, "
+                        "or more where every dimension needs more to condition every other)")
     p.add_argument("--hidden", type=int, nargs="+", metavar="H", help="hidden layer widths (default: 64 64 up to dim 8, else 32 32)")
     p.add_argument("--pre-map", type=int, help=f"bins of the flow's learnable per-dimension pre-map, 0 for none (default: {DEFAULTS['pre_map']})")
     p.add_argument("--grid", type=int,
