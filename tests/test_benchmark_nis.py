@@ -91,6 +91,16 @@ def test_pulls_mode_summarises_every_seed(nis, tmp_path):
         per = merged["pulls"][method]["per_integrand"]
         assert per["gaussian-2"] == result["pulls"][method]["per_integrand"]["gaussian-2"]
         assert per["camel-2"] == other["pulls"][method]["per_integrand"]["camel-2"]
+    # parts may also split the seeds, at another budget: one row per integrand (its first seed),
+    # the pulls of all seeds, and each budget named
+    nis.main(["--quick", "--pulls", "2", "--seed", "3", "--calls", "1e4", "--integrands", "gaussian-2", "--no-plot",
+              "--out", str(tmp_path / "c")])
+    three = nis.main(["--quick", "--merge", *(str(tmp_path / d / "nis.json") for d in (".", "b", "c")), "--no-plot",
+                      "--out", str(tmp_path / "merged3")])
+    assert [(r["integrand"], r["seed"]) for r in three["integrands"]] == [("gaussian-2", 0), ("camel-2", 0)]
+    gaussian = three["pulls"]["nfapps"]["per_integrand"]["gaussian-2"]
+    assert gaussian["n"] == 5 and gaussian["calls"] == [10_000, 20_000]
+    assert "1e4/2e4" in three["table"]
 
 
 def test_no_vegas_runs_nfapps_alone(nis, tmp_path):

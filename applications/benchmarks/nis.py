@@ -619,8 +619,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{m} {run[m]['value']:.6g} ± {run[m]['error']:.2g} (pull {run[m]['pull']:+.2f}, rsd {run[m]['relative_std']:.3g}, "
                 f"{run[m]['wall_s']:.1f} s)" for m in methods))
             runs.append(run)
-    if args.merge:
-        rows = sorted(first, key=lambda r: order.index(r["integrand"]))
+    if args.merge:  # one row per integrand: its first seed's record (parts may split the seeds too)
+        lowest = {r["integrand"]: r for r in sorted(first, key=lambda r: -r["seed"])}
+        rows = sorted(lowest.values(), key=lambda r: order.index(r["integrand"]))
     else:
         rows = [r for r in runs if r["seed"] == seeds[0]]
     pulls = summarize_pulls(runs, methods) if s.pulls else None
