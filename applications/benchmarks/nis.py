@@ -456,15 +456,15 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
     if "vegas" in methods:
         lines.append("VEGAS+ final: " + ", ".join(f"{r['integrand']} {r['vegas']['final_strategy']}" for r in rows))
     if pulls:
-        lines += ["", f"{'pulls':<16}{'method':<8}{'n':>6}{'mean':>8}{'std':>7}{'1σ cov':>8}{'2σ cov':>8}{'max|p|':>8}"
+        lines += ["", f"{'pulls':<16}{'method':<8}{'n':>6}{'mean':>10}{'std':>9}{'1σ cov':>8}{'2σ cov':>8}{'max|p|':>9}"
                       f"{'calls':>9}"]
         for m in methods:
             entries = [("pooled", pulls[m]["pooled"])] + list(pulls[m]["per_integrand"].items())
             for name, p in entries:
                 if p["n"]:
                     calls = "/".join(f"{c:.0e}".replace("e+0", "e") for c in p.get("calls", []))
-                    lines.append(f"{name:<16}{m:<8}{p['n']:>6}{p['mean']:>8.3f}{p['std']:>7.3f}"
-                                 f"{p['coverage_1sigma']:>8.1%}{p['coverage_2sigma']:>8.1%}{p['max_abs']:>8.2f}{calls:>9}")
+                    lines.append(f"{name:<16}{m:<8}{p['n']:>6}{p['mean']:>10.4g}{p['std']:>9.4g}"
+                                 f"{p['coverage_1sigma']:>8.1%}{p['coverage_2sigma']:>8.1%}{p['max_abs']:>9.4g}{calls:>9}")
     lines += ["", f"{'sampler cost (CPU)':<20}" + "".join(f"{'d=' + str(d):>9}" for d in sorted({c['dim'] for c in cost}))]
     for n in sorted({c["batch"] for c in cost}, reverse=True):
         lines.append(f"{f'µs/pt, batch {n}':<20}" + "".join(f"{c['us_per_point']:>9.2f}" for c in cost if c["batch"] == n))
