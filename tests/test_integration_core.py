@@ -19,6 +19,7 @@ from nfapps.integration.estimate import (
     unweighting_efficiency,
 )
 from nfapps.integration.integrand import IntegrandError, UnitCubeIntegrand, load_callable
+from nfapps.integration.integrands import get_integrand
 from nfapps.integration.integrator import Integrator, integrate, sampler_size
 from nfapps.integration.stratify import Strata, cells_per_dimension
 
@@ -353,3 +354,17 @@ def test_the_default_sampler_is_sized_by_dimension():
         assert (conditions | torch.eye(dim, dtype=torch.bool)).all()
         u, log_q = flow.sample_and_log_prob(64)
         torch.testing.assert_close(flow.log_prob(u), log_q, atol=1e-4, rtol=0)
+
+
+def test_a_higher_min_ess_tempers_the_first_batch_more():
+    """The tempering threshold: from the same fresh flow and draws, a higher effective-sample-size
+    floor gives a smaller exponent β (the first batch of camel-8 is degenerate)."""
+    f = get_integrand("camel-8")
+    exponents = []
+    for min_ess in (0.05, 0.3):
+        integrator = Integrator(f, f.dim, device="cpu", seed=3, grid=0)
+        integrator.train(512, batch=512, reuse=1, progress=False, min_ess=min_ess)
+        exponents.append(integrator.exponent)
+    assert 0 < exponents[1] < exponents[0] < 1
+    result = integrate(f, f.dim, calls=6000, device="cpu", seed=3, progress=False, min_ess=0.3, grid=0)
+    assert math.isfinite(result.value) and result.error > 0

@@ -152,6 +152,7 @@ def test_user_integrand_from_a_file_on_a_box(tmp_path, capsys):
         (["gaussian-2", "--calls", "100", "--training-fraction", "1.5"], "training_fraction must be in \\[0, 1\\)"),
         (["gaussian-2", "--grid", "-1"], "grid must be an integer ≥ 0"),
         (["gaussian-2", "--grid-fraction", "1.5"], "grid_fraction must be in \\[0, 1\\]"),
+        (["gaussian-2", "--min-ess", "1.5"], "min_ess must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path, capsys, args, message):

@@ -70,7 +70,7 @@ def _library_defaults() -> dict[str, Any]:
     run = inspect.signature(integrate).parameters
     sampler = inspect.signature(Integrator).parameters
     defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
-                                                   "replica_size", "stratify", "choose", "grid_fraction")}
+                                                   "replica_size", "stratify", "choose", "grid_fraction", "min_ess")}
     defaults.update({key: sampler[key].default for key in ("bins", "transforms", "hidden", "pre_map", "grid")})
     return defaults
 
@@ -356,6 +356,7 @@ def run_integration(
     pre_map: int | None = None,
     grid: int | None = None,
     grid_fraction: float | None = None,
+    min_ess: float | None = None,
     estimate_batch: int | None = None,
     replica_size: int | None = None,
     stratify: bool | None = None,
@@ -386,7 +387,7 @@ def run_integration(
         "integrand": integrand, "dim": dim, "bounds": bounds, "calls": calls, "training_fraction": training_fraction,
         "batch": batch, "loss": loss, "reuse": reuse, "lr": lr, "seed": seed, "bins": bins, "transforms": transforms,
         "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "grid": grid, "grid_fraction": grid_fraction,
-        "estimate_batch": estimate_batch,
+        "min_ess": min_ess, "estimate_batch": estimate_batch,
         "replica_size": replica_size, "stratify": stratify, "choose": choose, "chunks": chunks, "events": events,
         "unweighted": unweighted,
     }
@@ -437,6 +438,9 @@ def run_integration(
         raise ValueError(f"grid must be an integer ≥ 0 (bins per dimension; 0 for none), got {settings['grid']!r}")
     if not 0 <= settings["grid_fraction"] <= 1:
         raise ValueError(f"grid_fraction must be in [0, 1], got {settings['grid_fraction']}")
+    if not 0 <= settings["min_ess"] < 1:
+        raise ValueError(f"min_ess must be in [0, 1) (the effective sample size below which training is tempered), "
+                         f"got {settings['min_ess']}")
     for flag in ("stratify", "choose"):
         if not isinstance(settings[flag], bool):
             raise ValueError(f"{flag} must be true or false, got {settings[flag]!r}")
@@ -491,7 +495,7 @@ def run_integration(
                 continue
             # the learning-rate schedule spans the whole budget, whatever the chunks: as integrate() does
             integrator.train((end - done) * batch, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=False,
-                             schedule_calls=train_calls)
+                             schedule_calls=train_calls, min_ess=settings["min_ess"])
             bar.update((end - done) * batch)
             done = end
             integrator.save(out / STATE_FILE)
