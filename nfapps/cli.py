@@ -101,7 +101,7 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                    help=f"fraction of the training calls that adapt the grid (default: {DEFAULTS['grid_fraction']})")
     p.add_argument("--min-ess", type=float,
                    help="effective sample size (fraction of a batch) below which the flow trains on a tempered target "
-                        f"(default: {DEFAULTS['min_ess']}; 0.3 kept both peaks of camel-16 where the default lost one)")
+                        f"(default: {DEFAULTS['min_ess']}; 0.3 kept both peaks of camel-16 where the default lost one, at a higher variance)")
     p.add_argument("--estimate-batch", type=int, help=f"points per batch of the estimate (default: {DEFAULTS['estimate_batch']})")
     p.add_argument("--no-stratify", dest="stratify", action="store_false", default=None,
                    help="estimate from independent draws instead of draws stratified in the sampler's base space")
