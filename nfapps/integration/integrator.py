@@ -118,10 +118,10 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     Above: 6 layers, or :func:`~nfapps.transforms.coupling.antichain_layers` (d) where that is
     more (7 from d = 21, 9 at d = 96: every dimension conditions every other), 8 bins, hidden
     64 × 64 up to d = 8 and 32 × 32 above, and samples drawn through the splines themselves (no
-    quadratic solve). That keeps drawing a point with its density at ≤ 5 µs on one CPU core up
-    to d = 16 — the conditioners' outputs, d/2·(3K+1) per layer, and the element-wise maps grow
-    with d — at about the variance of the larger flow (camel-8 and camel-16 0.22 and 0.39,
-    against 0.21 and 0.35). At d = 8, 32 × 32 gave the same variance but fewer unweighted
+    quadratic solve). That cuts drawing a point with its density on one CPU core to about 4 µs at
+    d = 8 and 5 µs at d = 16 (from 7 and 18; the conditioners' outputs, d/2·(3K+1) per layer,
+    and the element-wise maps grow with d) at about the variance of the larger flow (camel-8
+    and camel-16 0.22 and 0.39, against 0.21 and 0.35). At d = 8, 32 × 32 gave the same variance but fewer unweighted
     events (classic efficiency 0.029 against 0.034). On camel-16 either width can collapse onto
     one of the two peaks (half the integral, with a tiny error bar): 32 × 32 did in 4 of 10
     seeds at 3·10⁵ calls, 64 × 64 in seed 0 at 10⁶ — see the README's results.

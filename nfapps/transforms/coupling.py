@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,17 +45,20 @@ def antichain_codes(features: int, layers: int) -> tuple[tuple[int, ...], ...]:
     """
     if layers < 2:
         raise ValueError(f"antichain masks need at least 2 layers, got {layers}")
-    every = [tuple(1 if b in ones else 0 for b in range(layers))
-             for ones in itertools.combinations(range(layers), layers // 2)]
-    candidates: list[tuple[int, ...]] = []
-    load = [0] * layers
+    every = np.array([[1 if b in ones else 0 for b in range(layers)]
+                      for ones in itertools.combinations(range(layers), layers // 2)])
+    used = np.zeros(len(every), dtype=bool)
+    load = np.zeros(layers, dtype=np.int64)  # features transformed so far, per layer
     codes: list[tuple[int, ...]] = []
     for _ in range(features):
-        candidates = candidates or list(every)
-        best = min(candidates, key=lambda code: sum((n + c) ** 2 for n, c in zip(load, code)))
-        candidates.remove(best)
-        codes.append(best)
-        load = [n + c for n, c in zip(load, best)]
+        if used.all():
+            used[:] = False
+        # the code whose layers carry the least load so far (first such in order): it minimises Σ load²
+        cost = np.where(used, np.iinfo(np.int64).max, every @ load)
+        best = int(np.argmin(cost))
+        used[best] = True
+        load += every[best]
+        codes.append(tuple(int(c) for c in every[best]))
     return tuple(codes)
 
 

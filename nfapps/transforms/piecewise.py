@@ -90,11 +90,11 @@ def bin_index(edges: Tensor, values: Tensor) -> Tensor:
     of each value. Edges given per value are compared all at once; edges shared by all values
     of a feature (leading axes of size 1 but the last, as a pre-map's are) are searched by
     bisection, log₂ E gathers instead of E comparisons per value."""
-    features, count = values.shape[-1] if values.dim() else 1, edges.shape[-1]
-    shared = edges.dim() == values.dim() + 1 and values.dim() >= 1 and edges.shape[-2] == features and \
-        math.prod(edges.shape[:-2]) == 1 and values.numel() > features
+    shared = values.dim() >= 1 and edges.dim() == values.dim() + 1 and edges.shape[-2] == values.shape[-1] \
+        and math.prod(edges.shape[:-2]) == 1 and values.numel() > values.shape[-1]
     if not shared:
         return (edges <= values.unsqueeze(-1)).sum(dim=-1)
+    features, count = values.shape[-1], edges.shape[-1]
     width = 1 << count.bit_length()  # a power of two above E: padded with +inf, never at or below
     table = torch.cat([edges.reshape(features, count), edges.new_full((features, width - count), math.inf)], dim=1)
     flat = values.reshape(-1, features).t().contiguous()  # (features, points): gathers along the points
@@ -174,7 +174,7 @@ def piecewise_quadratic(
         unnormalized_widths, unnormalized_heights, min_width, min_density
     )
     xc = x.clamp(0.0, 1.0)
-    b = ((y_upper if inverse else x_upper)[..., :-1] <= xc.unsqueeze(-1)).sum(dim=-1)
+    b = bin_index((y_upper if inverse else x_upper)[..., :-1], xc)
     w_b = _take(widths, b)
     v = heights.gather(-1, torch.stack((b, b + 1), dim=-1))
     v_b, v_b1 = v[..., 0], v[..., 1]
