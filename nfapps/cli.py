@@ -101,7 +101,10 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                    help=f"fraction of the training calls that adapt the grid (default: {DEFAULTS['grid_fraction']})")
     p.add_argument("--min-ess", type=float,
                    help="effective sample size (fraction of a batch) below which the flow trains on a tempered target "
-                        f"(default: {DEFAULTS['min_ess']}; 0.3 kept both peaks of camel-16 where the default lost one, at a higher variance)")
+                        f"(default: {DEFAULTS['min_ess']})")
+    p.add_argument("--tempering-ramp", type=float,
+                   help="fraction of the training over which the tempering exponent may rise to 1, for a run that starts "
+                        f"tempered; 0 for no ramp (default: {DEFAULTS['tempering_ramp']})")
     p.add_argument("--estimate-batch", type=int, help=f"points per batch of the estimate (default: {DEFAULTS['estimate_batch']})")
     p.add_argument("--no-stratify", dest="stratify", action="store_false", default=None,
                    help="estimate from independent draws instead of draws stratified in the sampler's base space")
@@ -134,7 +137,7 @@ def _add_integrate(commands: argparse._SubParsersAction) -> None:
                 lr=args.lr, seed=args.seed, device=args.device, out=out, resume=args.resume, events=args.events,
                 unweighted=None if args.weighted is None else not args.weighted, progress=not args.quiet,
                 bins=args.bins, transforms=args.transforms, hidden=args.hidden, pre_map=args.pre_map,
-                grid=args.grid, grid_fraction=args.grid_fraction, min_ess=args.min_ess,
+                grid=args.grid, grid_fraction=args.grid_fraction, min_ess=args.min_ess, tempering_ramp=args.tempering_ramp,
                 estimate_batch=args.estimate_batch, replica_size=args.replica_size, stratify=args.stratify,
                 choose=args.choose,
             )

@@ -99,6 +99,11 @@ def test_tempering_keeps_the_effective_sample_size_and_only_when_needed():
     assert torch.all(tempered_weights(degenerate, log_q, beta)[::7] == 0)
     assert tempering_exponent(degenerate, log_q, 0.9, 0.05) == 0.9  # β never goes back
     assert tempering_exponent(degenerate, log_q, 0.0, 0.0) == 1.0  # min_ess = 0 turns tempering off
+    # a ceiling (the ramp) holds β below it, even where the weights would allow more ...
+    assert tempering_exponent(healthy, log_q, 0.2, 0.05, ceiling=0.3) == 0.3
+    assert tempering_exponent(degenerate, log_q, 0.0, 0.05, ceiling=beta / 2) == beta / 2
+    assert tempering_exponent(degenerate, log_q, 0.0, 0.05, ceiling=0.99) == pytest.approx(beta, abs=1e-3)  # no floor
+    assert tempering_exponent(healthy, log_q, 0.2, 0.05, ceiling=0.1) == 0.2  # and never lowers β
     # the tempered weights are those of |g|^β under q: |w|^β q^(β−1) = |g|^β / q
     log_q = torch.log(0.5 + torch.rand(2000, generator=g, dtype=torch.float64))
     values = degenerate * log_q.exp()

@@ -356,6 +356,29 @@ def test_the_default_sampler_is_sized_by_dimension():
         torch.testing.assert_close(flow.log_prob(u), log_q, atol=1e-4, rtol=0)
 
 
+def test_after_a_tempered_start_the_exponent_rises_no_faster_than_the_ramp():
+    """camel-8's first batch is degenerate: β starts below 1 and then rises by at most
+    batch/(ramp · schedule) per batch, where without the ramp it may jump to 1 at once;
+    gaussian-2's first batch is healthy: β = 1 from the start, ramp or not."""
+    f = get_integrand("camel-8")
+    steps, schedule, ramp = 24, 512 * 100, 0.1
+    rises = {}
+    for tempering_ramp in (0.0, ramp):
+        integrator = Integrator(f, f.dim, device="cpu", seed=3, grid=0)
+        integrator.train(512 * steps, batch=512, reuse=1, progress=False, schedule_calls=schedule,
+                         tempering_ramp=tempering_ramp)
+        exponents = [r["exponent"] for r in integrator.history]
+        assert 0 < exponents[0] < 1 and exponents == sorted(exponents)
+        rises[tempering_ramp] = np.diff(exponents).max()
+    assert rises[ramp] <= 512 / (ramp * schedule) + 1e-12 < rises[0.0]
+    g = get_integrand("gaussian-2")
+    integrator = Integrator(g, g.dim, device="cpu", seed=3, grid=0)
+    integrator.train(512 * 2, batch=512, reuse=1, progress=False, schedule_calls=schedule, tempering_ramp=ramp)
+    assert [r["exponent"] for r in integrator.history] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="tempering_ramp must be in"):
+        integrator.train(512, tempering_ramp=2.0, progress=False)
+
+
 def test_a_higher_min_ess_tempers_the_first_batch_more():
     """The tempering threshold: from the same fresh flow and draws, a higher effective-sample-size
     floor gives a smaller exponent β (the first batch of camel-8 is degenerate)."""

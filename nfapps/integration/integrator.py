@@ -296,6 +296,7 @@ class Integrator:
         schedule_calls: int | None = None,
         min_ess: float = 0.05,
         give_up_after: float = 0.25,
+        tempering_ramp: float = 0.1,
     ) -> list[dict[str, float]]:
         """Spend ``calls`` integrand evaluations training the flow; returns per-batch records.
 
@@ -306,9 +307,15 @@ class Integrator:
         While the flow's weights are degenerate (Kish's effective sample size of a batch below
         ``min_ess`` of it, typical of a fresh sampler in many dimensions) it trains on the
         tempered target |g|^β with the largest β that keeps the effective sample size at
-        ``min_ess``; β only grows and is 1 from the first healthy batch on (0 turns this off).
-        A batch whose weight sits on a few points of one mode cannot then drag the flow onto
-        that mode alone (mode collapse).
+        ``min_ess``; β only grows (0 turns this off). A batch whose weight sits on a few points
+        of one mode cannot then drag the flow onto that mode alone (mode collapse). A run whose
+        first batch is already healthy trains on |g| throughout. After a tempered first batch β
+        rises no faster than a ramp, by at most 1/``tempering_ramp`` per share of
+        ``schedule_calls`` spent (β goes from 0 to 1 in no less than that share of the
+        training; 0: no ramp, and none without ``schedule_calls``). Without the ramp β jumped
+        to 1 at the first batch with ``min_ess`` of healthy weights, a few dozen points that can
+        sit mostly on one peak, and on camel-16 at 10⁶ calls the flow then lost the other peak
+        on 2 of 13 seeds (pulls −4400).
 
         With an adapted VEGAS grid and ``schedule_calls``, training gives up once
         ``give_up_after`` of the schedule is spent if the flow's recent batches (median of the
@@ -323,6 +330,9 @@ class Integrator:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if calls < 0 or batch < 1 or reuse < 1:
             raise ValueError(f"need calls ≥ 0, batch ≥ 1 and reuse ≥ 1; got calls={calls}, batch={batch}, reuse={reuse}")
+        if not 0 <= tempering_ramp <= 1:
+            raise ValueError(f"tempering_ramp must be in [0, 1] (the fraction of the schedule over which β may rise to 1), "
+                             f"got {tempering_ramp}")
         if self.optimizer is None:
             self._lr = lr
             self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=lr)
@@ -338,7 +348,10 @@ class Integrator:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
             u, log_q_old, w, _ = self.draw(self._share(batch))
-            self.exponent = tempering_exponent(w, log_q_old, self.exponent, min_ess)
+            ceiling = 1.0  # β's ramp: from the first batch's β it rises by at most 1/ramp per schedule spent
+            if schedule_calls and tempering_ramp > 0 and (self.calls_training or step):
+                ceiling = self.exponent + batch / (tempering_ramp * schedule_calls)
+            self.exponent = tempering_exponent(w, log_q_old, self.exponent, min_ess, ceiling)
             w_target = tempered_weights(w, log_q_old, self.exponent)
             totals = dist.all_reduce_sum(torch.stack([w_target.abs().sum(), torch.tensor(float(w.numel()), dtype=w.dtype, device=w.device)]))
             scale = (totals[0] / totals[1]).clamp_min(1e-300)
@@ -616,6 +629,7 @@ def integrate(
     choose: bool = True,
     grid_fraction: float = 0.2,
     min_ess: float = 0.05,
+    tempering_ramp: float = 0.1,
     **sampler: Any,
 ) -> IntegrationResult:
     """∫_box f(x) dx by neural importance sampling with ``calls`` integrand evaluations in all:
@@ -625,10 +639,8 @@ def integrate(
     :meth:`Integrator.integrate`); ``replica_size`` is the bootstrap unweighting efficiency's).
     Of the training calls, ``grid_fraction`` adapt the VEGAS grid (unless ``grid=0``) and the
     rest train the flow, tempered while a batch's effective sample size is below ``min_ess``
-    (see :meth:`Integrator.train`). On camel-16 at 10⁶ calls the default 0.05 let the flow lock
-    onto one of the two peaks in seeds 3 and 7 of 0–12 (β reached 1 within the first 5 % of
-    training); 0.3 kept both on those seeds (pulls −0.43 and −0.59), but on seed 0 it left the
-    relative std per event at 2.4 instead of 0.39, so it is not the default."""
+    with β rising no faster than over ``tempering_ramp`` of the training (see
+    :meth:`Integrator.train`)."""
     if not 0 <= training_fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
     if not 0 <= grid_fraction <= 1:
@@ -638,7 +650,7 @@ def integrate(
     if grid_calls:
         integrator.adapt_grid(grid_calls, progress=progress)
     integrator.train(flow_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=flow_calls,
-                     min_ess=min_ess)
+                     min_ess=min_ess, tempering_ramp=tempering_ramp)
     spent = integrator.calls_training + integrator.calls_grid
     return integrator.integrate(calls - spent, batch=estimate_batch, progress=progress, exact=exact,
                                 replica_size=replica_size, stratify=stratify, choose=choose)

@@ -70,7 +70,8 @@ def _library_defaults() -> dict[str, Any]:
     run = inspect.signature(integrate).parameters
     sampler = inspect.signature(Integrator).parameters
     defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
-                                                   "replica_size", "stratify", "choose", "grid_fraction", "min_ess")}
+                                                   "replica_size", "stratify", "choose", "grid_fraction", "min_ess",
+                                                   "tempering_ramp")}
     defaults.update({key: sampler[key].default for key in ("bins", "transforms", "hidden", "pre_map", "grid")})
     return defaults
 
@@ -357,6 +358,7 @@ def run_integration(
     grid: int | None = None,
     grid_fraction: float | None = None,
     min_ess: float | None = None,
+    tempering_ramp: float | None = None,
     estimate_batch: int | None = None,
     replica_size: int | None = None,
     stratify: bool | None = None,
@@ -387,7 +389,7 @@ def run_integration(
         "integrand": integrand, "dim": dim, "bounds": bounds, "calls": calls, "training_fraction": training_fraction,
         "batch": batch, "loss": loss, "reuse": reuse, "lr": lr, "seed": seed, "bins": bins, "transforms": transforms,
         "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "grid": grid, "grid_fraction": grid_fraction,
-        "min_ess": min_ess, "estimate_batch": estimate_batch,
+        "min_ess": min_ess, "tempering_ramp": tempering_ramp, "estimate_batch": estimate_batch,
         "replica_size": replica_size, "stratify": stratify, "choose": choose, "chunks": chunks, "events": events,
         "unweighted": unweighted,
     }
@@ -441,6 +443,9 @@ def run_integration(
     if not 0 <= settings["min_ess"] < 1:
         raise ValueError(f"min_ess must be in [0, 1) (the effective sample size below which training is tempered), "
                          f"got {settings['min_ess']}")
+    if not 0 <= settings["tempering_ramp"] <= 1:
+        raise ValueError(f"tempering_ramp must be in [0, 1] (the fraction of the training over which the tempering "
+                         f"exponent may rise to 1), got {settings['tempering_ramp']}")
     for flag in ("stratify", "choose"):
         if not isinstance(settings[flag], bool):
             raise ValueError(f"{flag} must be true or false, got {settings[flag]!r}")
@@ -495,7 +500,8 @@ def run_integration(
                 continue
             # the learning-rate schedule spans the whole budget, whatever the chunks: as integrate() does
             integrator.train((end - done) * batch, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=False,
-                             schedule_calls=train_calls, min_ess=settings["min_ess"])
+                             schedule_calls=train_calls, min_ess=settings["min_ess"],
+                             tempering_ramp=settings["tempering_ramp"])
             bar.update((end - done) * batch)
             done = end
             integrator.save(out / STATE_FILE)

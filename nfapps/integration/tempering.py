@@ -31,17 +31,28 @@ def ess_fraction(w: Tensor) -> float:
     return float(sums[0] ** 2 / (sums[1] * sums[2])) if sums[1] > 0 else 1.0
 
 
-def tempering_exponent(w: Tensor, log_q: Tensor, previous: float, min_ess: float, iterations: int = 12) -> float:
-    """The largest β in [previous, 1] whose tempered weights keep an effective sample size of at
-    least ``min_ess`` of the batch (bisection; adaptive tempering as in sequential Monte Carlo).
+def tempering_exponent(w: Tensor, log_q: Tensor, previous: float, min_ess: float, ceiling: float = 1.0,
+                       iterations: int = 12) -> float:
+    """The largest β in [previous, max(previous, ``ceiling``)] whose tempered weights keep an
+    effective sample size of at least ``min_ess`` of the batch (bisection; adaptive tempering as
+    in sequential Monte Carlo); 1 once β is 1 or the batch's own weights are healthy, unless
+    the ceiling holds β below it while tempered.
 
     Training on |g|^β with β < 1 broadens the target while the sampler's weights are
     degenerate, so that a batch whose weight sits on a few points of one mode does not drag the
-    sampler onto that mode alone (mode collapse); β only ever grows, and reaches 1 as soon as
-    the sampler's own weights are healthy."""
-    if previous >= 1 or min_ess <= 0 or ess_fraction(w) >= min_ess:
+    sampler onto that mode alone (mode collapse); β only ever grows. A rising ``ceiling`` (a
+    ramp, see :meth:`~nfapps.integration.integrator.Integrator.train`) keeps β from jumping to 1
+    on the first batch whose few dozen effective points happen to clear ``min_ess``."""
+    if previous >= 1 or min_ess <= 0:
         return 1.0
-    low, high = previous, 1.0
+    top = max(previous, min(ceiling, 1.0))
+    if top >= 1 and ess_fraction(w) >= min_ess:
+        return 1.0
+    low, high = previous, top
+    if low >= high:
+        return low
+    if ess_fraction(tempered_weights(w, log_q, high)) >= min_ess:
+        return high
     if ess_fraction(tempered_weights(w, log_q, low)) < min_ess:
         return low
     for _ in range(iterations):
