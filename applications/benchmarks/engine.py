@@ -63,7 +63,9 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from nfapps.atomic import write_bytes_atomic  # noqa: E402
 from nfapps.builders import NSF, RealNVP  # noqa: E402
+from nfapps.outputs import pyplot, save_figure  # noqa: E402
 from nfapps.transforms.coupling import coupling_mask  # noqa: E402
 
 log = logging.getLogger("nfapps.bench.engine")
@@ -388,11 +390,7 @@ def format_table(rows: list[dict[str, Any]], trips: list[dict[str, Any]], librar
 
 
 def plot(rows: list[dict[str, Any]], libraries: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(FLOWS), figsize=(12, 4.5), sharey=False)
     width = 0.8 / len(libraries)
     for ax, kind in zip(axes, FLOWS):
@@ -406,9 +404,7 @@ def plot(rows: list[dict[str, Any]], libraries: Sequence[str], path: Path) -> No
         ax.set_title(f"{kind} coupling flow")
         ax.set_ylabel("samples / s (higher is better)")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -465,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "table": table,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine.json").write_text(json.dumps(result, indent=2))
+    write_bytes_atomic(args.out / "engine.json", json.dumps(result, indent=2).encode())  # atomically
     if not args.no_plot:
         plot(rows, libraries, args.out / "engine.png")
     log.info("wrote %s; targets: speed %s, round trip %s", args.out / "engine.json",

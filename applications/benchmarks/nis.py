@@ -99,6 +99,8 @@ from nfapps.integration.estimate import (  # noqa: E402
     unweighting_efficiency,
 )
 from nfapps.integration.integrator import SAMPLER_CHUNK, Integrator, integrate  # noqa: E402
+from nfapps.atomic import write_bytes_atomic  # noqa: E402
+from nfapps.outputs import pyplot, save_figure  # noqa: E402
 
 NFAPPS_DEFAULTS = {k: v.default for k, v in inspect.signature(integrate).parameters.items()}  # one source of defaults
 
@@ -478,11 +480,7 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
 
 def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str, Any] | None,
          methods: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = 2 if pulls else 1
     fig, axes = plt.subplots(1, panels, figsize=(max(8, 0.6 * len(rows) + 4) + 5 * (panels - 1), 5), squeeze=False,
                              gridspec_kw={"width_ratios": [max(2, len(rows) / 4)] + [1] * (panels - 1)})
@@ -518,9 +516,7 @@ def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str
         ax.set_xlabel("pull (Î − I)/σ (clipped to ±5)")
         ax.set_title(f"pulls over {len({run['seed'] for run in runs})} seeds")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -644,7 +640,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "provenance": args.provenance,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nis.json").write_text(json.dumps(result, indent=2, default=float))
+    # atomically: an interrupted run never leaves half a file (NaN stays NaN, as the merge reads it)
+    write_bytes_atomic(args.out / "nis.json", json.dumps(result, indent=2, default=float).encode())
     if not args.no_plot:
         plot(rows, runs, pulls, methods, args.out / "nis.png")
     log.info("wrote %s; targets measured %d, passed %d", args.out / "nis.json", targets["measured"], targets["passed"])
