@@ -91,6 +91,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from nfapps.atomic import write_bytes_atomic  # noqa: E402
 from nfapps.integration import INTEGRANDS, Integrand  # noqa: E402
 from nfapps.integration.estimate import (  # noqa: E402
     Tally,
@@ -99,7 +100,6 @@ from nfapps.integration.estimate import (  # noqa: E402
     unweighting_efficiency,
 )
 from nfapps.integration.integrator import SAMPLER_CHUNK, Integrator, integrate  # noqa: E402
-from nfapps.atomic import write_bytes_atomic  # noqa: E402
 from nfapps.outputs import pyplot, save_figure  # noqa: E402
 
 NFAPPS_DEFAULTS = {k: v.default for k, v in inspect.signature(integrate).parameters.items()}  # one source of defaults

@@ -122,9 +122,10 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     d = 8 and 5 µs at d = 16 (from 7 and 18; the conditioners' outputs, d/2·(3K+1) per layer,
     and the element-wise maps grow with d) at about the variance of the larger flow (camel-8
     and camel-16 0.22 and 0.39, against 0.21 and 0.35). At d = 8, 32 × 32 gave the same variance but fewer unweighted
-    events (classic efficiency 0.029 against 0.034). On camel-16 either width can collapse onto
-    one of the two peaks (half the integral, with a tiny error bar): 32 × 32 did in 4 of 10
-    seeds at 3·10⁵ calls, 64 × 64 in seed 0 at 10⁶ — see the README's results.
+    events (classic efficiency 0.029 against 0.034). Before the tempering ramp (see
+    :meth:`Integrator.train`) either width could collapse onto one of camel-16's two peaks
+    (half the integral, with a tiny error bar): 32 × 32 did in 4 of 10 seeds at 3·10⁵ calls,
+    64 × 64 in seed 0 at 10⁶; with the ramp none of seeds 0–19 at 10⁶ did.
     """
     small = dim <= 4
     layers = max(2, 2 * math.ceil(math.log2(max(dim, 2)))) if small else max(6, antichain_layers(dim))

@@ -45,13 +45,10 @@ def tempering_exponent(w: Tensor, log_q: Tensor, previous: float, min_ess: float
     on the first batch whose few dozen effective points happen to clear ``min_ess``."""
     if previous >= 1 or min_ess <= 0:
         return 1.0
-    top = max(previous, min(ceiling, 1.0))
-    if top >= 1 and ess_fraction(w) >= min_ess:
-        return 1.0
-    low, high = previous, top
+    low, high = previous, max(previous, min(ceiling, 1.0))
     if low >= high:
         return low
-    if ess_fraction(tempered_weights(w, log_q, high)) >= min_ess:
+    if ess_fraction(tempered_weights(w, log_q, high)) >= min_ess:  # at β = 1 these are the batch's own weights
         return high
     if ess_fraction(tempered_weights(w, log_q, low)) < min_ess:
         return low
