@@ -45,6 +45,8 @@ KINDS: dict[str, str] = {
     "estimate": "an estimate in progress (written and resumed by Integrator.integrate(..., checkpoint=path))",
     "density": "a conditional background density (written by ConditionalDensity.save, read by ConditionalDensity.load)",
     "classifier": "a trained classifier (written by EpochEnsemble.save, e.g. cross_fit's checkpoints; read by EpochEnsemble.load)",
+    "codec": "a flow image codec (written by ImageCodec.save / `nfapps codec train`, read by ImageCodec.load)",
+    "codec-checkpoint": "a codec training checkpoint (written and resumed by nfapps.codec.train_codec)",
 }
 
 _SCALARS = (type(None), bool, int, float, str)

@@ -1,0 +1,18 @@
+"""Lossy image compression with normalizing flows (Helminger et al. 2021): a flow codec with a
+quantized latent, CompressAI entropy models and real bitstreams.
+
+- :class:`~nfapps.codec.codec.ImageCodec`: encode/decode pixels and files with a trained codec.
+- :class:`~nfapps.codec.model.FlowCodec`, :class:`~nfapps.codec.model.CodecConfig`: the model.
+- :func:`~nfapps.codec.train.train_codec`: training on patches, with resumable checkpoints.
+- :mod:`~nfapps.codec.bitstream`: the .nfic file format; :mod:`~nfapps.codec.backend`: how
+  CompressAI is imported.
+"""
+
+from .bitstream import BitstreamError
+from .codec import ImageCodec
+from .images import ImageError, psnr, read_image, write_image
+from .model import CodecConfig, FlowCodec
+from .train import TrainingSettings, train_codec
+
+__all__ = ["BitstreamError", "CodecConfig", "FlowCodec", "ImageCodec", "ImageError", "TrainingSettings", "psnr",
+           "read_image", "train_codec", "write_image"]
