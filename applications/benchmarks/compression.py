@@ -72,7 +72,8 @@ def classical_codecs() -> dict[str, dict[str, Any]]:
         codecs["WebP"] = _pillow_codec("WEBP", "quality", list(range(0, 101, 5)), method=6)
     if features.check("jpg_2000"):
         ratios = [320, 160, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 3]
-        codecs["JPEG 2000"] = _pillow_codec("JPEG2000", "quality_layers", [[r] for r in ratios], quality_mode="rates")
+        codecs["JPEG 2000"] = _pillow_codec("JPEG2000", "quality_layers", [[r] for r in ratios], quality_mode="rates",
+                                              irreversible=True)  # the 9/7 wavelet of lossy JPEG 2000
     if features.check("avif"):
         codecs["AVIF"] = _pillow_codec("AVIF", "quality", list(range(0, 101, 5)))
     try:

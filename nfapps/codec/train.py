@@ -124,7 +124,9 @@ def train_codec(
 
     model.train()
     began = time.perf_counter()
-    bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc="codec training", disable=not progress)
+    budgeted = math.isfinite(settings.time_budget_s)  # the clock, not the step count, ends the run: no ETA
+    bar = tqdm(range(start, settings.steps), initial=start, total=None if budgeted else settings.steps,
+               desc="codec training", disable=not progress)
     step = start
     rng_devices = [device] if device.type == "cuda" else []
     for step in bar:
