@@ -43,7 +43,9 @@ class CodecConfig:
     levels: int = 3
     steps: int = 4
     hidden: int = 64
-    entropy_model: str = "hyperprior"
+    # factorized: at an equal 20-minute CPU budget (λ = 0.01, ~3600 steps each) it gave 0.68 bpp at
+    # 30.1 dB on the held-out photos, the hyperprior 1.08 bpp at 29.8 dB (README, results)
+    entropy_model: str = "factorized"
     hyper_channels: int = 64  # channels of the hyperprior's side information z
     initial_gain: float = 1.0  # g at initialisation: the quantization step is one std of a latent (ActNorm-normalised)
 
