@@ -151,7 +151,7 @@ def sweep(name: str, codec: dict[str, Any], photos: dict[str, np.ndarray]) -> di
     return out
 
 
-def ms_ssim_entry(pixels: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+def ms_ssim_entry(pixels: np.ndarray, data: bytes, decoded: np.ndarray) -> dict[str, float]:
     return {"ms_ssim": ms_ssim(pixels, decoded)}
 
 
@@ -164,17 +164,6 @@ def recompress(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], 
         if n in cycles:
             out[str(n)] = psnr(pixels, current)
     return out
-
-
-def flow_estimated_bpp(codec: ImageCodec, pixels: np.ndarray) -> float:
-    """The model's own rate: −Σ log₂ p(ŷ) (and side information) of the latents it codes, per pixel."""
-    model = codec.model
-    with torch.no_grad():
-        latents = codec.latents(pixels)
-        bits = 0.0
-        for y_hat, entropy in zip(latents, model.entropy):
-            bits += entropy.estimated_bits(y_hat)
-    return bits / (pixels.shape[0] * pixels.shape[1])
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -208,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             run_train(path, None, CodecConfig(entropy_model=args.entropy_model), settings, device=args.device)
         codec = ImageCodec.load(path, args.device)
         codecs.append((lmbda, codec))
-        for row in evaluate(codec, photos, ms_ssim_entry):
-            row["estimated_bpp"] = flow_estimated_bpp(codec, photos[row["image"]])
+        def flow_entries(pixels: np.ndarray, data: bytes, decoded: np.ndarray, codec: ImageCodec = codec) -> dict[str, float]:
+            return ms_ssim_entry(pixels, data, decoded) | {"estimated_bpp": codec.estimated_bpp(data)}
+
+        for row in evaluate(codec, photos, flow_entries):
             flow_rows[row["image"]].append({"setting": lmbda, **row})
     results: dict[str, dict[str, list[dict[str, float]]]] = {"flow": flow_rows}
     classical = classical_codecs()
@@ -230,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     # re-compression at the flow codec's rate nearest 1 bpp, every codec at the setting nearest it
     recompression: dict[str, dict[str, Any]] = {}
     for name, pixels in photos.items():
-        best = min(range(len(codecs)), key=lambda i: abs(math.log(flow_rows[name][i]["bpp"]) - 0.0))
+        best = min(range(len(codecs)), key=lambda i: abs(math.log(flow_rows[name][i]["bpp"])))  # nearest 1 bpp
         lmbda, flow = codecs[best]
         target = flow_rows[name][best]["bpp"]
         per_codec = {"flow": {"setting": lmbda, "bpp": target,

@@ -83,21 +83,29 @@ class ImageCodec:
 
     def decode(self, data: bytes, source: str = "the data") -> np.ndarray:
         """The uint8 image of an NFIC file's bytes; :class:`BitstreamError` if they are not one of this model's."""
+        header, latents = self._read(data, source)
+        return to_pixels(self.model.synthesis(latents), header.height, header.width, header.channels)
+
+    def estimated_bpp(self, data: bytes, source: str = "the data") -> float:
+        """The model's own rate for the latents an NFIC file holds, −Σ log₂ p per pixel: what its
+        streams should cost (the file adds the header and the coder's overhead)."""
+        header, latents = self._read(data, source)
+        return self.model.estimated_bits(latents) / (header.height * header.width)
+
+    def _read(self, data: bytes, source: str) -> tuple[Header, list[torch.Tensor]]:
+        """A file's header and its entropy-decoded latents, every check done."""
         header, streams = bitstream.unpack(data, source)
         if header.model != self.identifier:
             raise BitstreamError(
                 f"{source} was written by another codec model (id {header.model.hex()}, this one is "
                 f"{self.identifier.hex()}); decode it with the model that compressed it"
             )
-        if len(streams) != self.model.streams_per_image:
-            raise BitstreamError(f"{source} holds {len(streams)} streams where this model writes {self.model.streams_per_image}; it is damaged")
         m = self.model.multiple
         padded_h, padded_w = -(-header.height // m) * m, -(-header.width // m) * m
         try:
-            x_hat = self.model.decompress_latents(streams, padded_h, padded_w)
-        except (RuntimeError, ValueError) as error:  # a stream that passed the checksum but does not decode
+            return header, self.model.decompress_latents(streams, padded_h, padded_w)
+        except (RuntimeError, ValueError) as error:  # a wrong stream count, or streams that do not decode
             raise BitstreamError(f"{source} could not be entropy-decoded ({error}); it is damaged") from None
-        return to_pixels(x_hat, header.height, header.width, header.channels)
 
     def latents(self, pixels: np.ndarray) -> list[torch.Tensor]:
         """The quantized latents :meth:`encode` codes for ``pixels``: settled (see the class)."""

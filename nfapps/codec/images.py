@@ -8,6 +8,7 @@ equal channels and come back as the mean of the decoded channels.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def read_image(path: str | Path) -> np.ndarray:
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 raise ImageError(f"image {path} has {mode} pixels; the codec takes 8-bit images: convert it to 8-bit first")
-            if "A" in mode or mode == "P" and "transparency" in image.info:
+            if "A" in mode or (mode == "P" and "transparency" in image.info):
                 logger.warning("%s: the alpha channel is dropped (the codec codes RGB or grayscale)", path)
             converted = image.convert("L" if mode in ("1", "L", "LA") else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
@@ -49,9 +52,6 @@ def read_image(path: str | Path) -> np.ndarray:
 def write_image(path: str | Path, pixels: np.ndarray) -> None:
     """Write uint8 pixels losslessly (PNG unless the suffix says otherwise), atomically."""
     from PIL import Image
-
-    from ..atomic import write_bytes_atomic
-    import io
 
     path = Path(path)
     buffer = io.BytesIO()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..outputs import write_json
 from .codec import ImageCodec
@@ -48,7 +47,7 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
                                  device=device, progress=progress)
     codec = ImageCodec(model)
     codec.save(out)
-    tail = history[-min(len(history), 100):]
+    tail = history[-100:]
     summary = {"model": str(out), "identifier": codec.identifier.hex(), "training_images": sorted(photos),
                "steps": len(history), "final_bpp": float(np.mean([h["bpp"] for h in tail])) if tail else math.nan,
                "final_psnr": float(np.mean([h["psnr"] for h in tail])) if tail else math.nan,
@@ -58,9 +57,9 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
 
 
 def measure(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.ndarray], pixels: np.ndarray,
-            extra: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None) -> dict[str, Any]:
+            extra: Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]] | None = None) -> dict[str, Any]:
     """One image through any codec: bytes, bits per pixel of the file, PSNR, encode and decode
-    seconds per megapixel, and ``extra(pixels, decoded)``'s entries."""
+    seconds per megapixel, and ``extra(pixels, data, decoded)``'s entries."""
     start = time.perf_counter()
     data = encode(pixels)
     encode_s = time.perf_counter() - start
@@ -70,11 +69,11 @@ def measure(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.
     megapixels = pixels.shape[0] * pixels.shape[1] / 1e6
     row = {"bytes": len(data), "bpp": 8 * len(data) / (megapixels * 1e6), "psnr": psnr(pixels, decoded),
            "encode_s_per_mp": encode_s / megapixels, "decode_s_per_mp": decode_s / megapixels}
-    return row | (extra(pixels, decoded) if extra else {})
+    return row | (extra(pixels, data, decoded) if extra else {})
 
 
 def evaluate(codec: ImageCodec, photos: dict[str, np.ndarray],
-             extra: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+             extra: Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per image: :func:`measure` with the flow codec, and whether its encoding settled."""
     rows = []
     for name, pixels in photos.items():
@@ -86,7 +85,6 @@ def evaluate(codec: ImageCodec, photos: dict[str, np.ndarray],
 def run_evaluate(model: str | os.PathLike, out: str | os.PathLike, images: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Evaluate a saved codec on a folder (default: the bundled evaluation photos); writes ``out`` (JSON)."""
     codec = ImageCodec.load(model, device)
-    torch.manual_seed(0)
     rows = evaluate(codec, read_folder(images, EVALUATION))
     summary = {"model": str(model), "identifier": codec.identifier.hex(), "device": str(codec.device), "images": rows,
                "mean_bpp": float(np.mean([r["bpp"] for r in rows])), "mean_psnr": float(np.mean([r["psnr"] for r in rows]))}

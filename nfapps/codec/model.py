@@ -90,7 +90,7 @@ class _Hyperprior(nn.Module):
         z = self.analysis(y)
         z_tilde, z_likelihood = self.side(z)
         _, y_likelihood = self.conditional(y, self.scales(z_tilde))
-        return torch.round(y), y_likelihood, z_likelihood
+        return self.quantize(y), y_likelihood, z_likelihood
 
     def quantize(self, y: Tensor) -> Tensor:
         return torch.round(y)
@@ -150,8 +150,9 @@ class _Factorized(nn.Module):
 
 
 class FlowCodec(nn.Module):
-    """Flow codec: :meth:`forward` for training, :meth:`reconstruct` for the decoded image without
-    coding, :meth:`compress_latents` / :meth:`decompress_latents` for the entropy-coded streams."""
+    """Flow codec: :meth:`forward` for training, :meth:`quantized_latents` / :meth:`synthesis` for
+    coding without entropy coding, :meth:`compress_latents` / :meth:`decompress_latents` for the
+    entropy-coded streams (:class:`~nfapps.codec.codec.ImageCodec` chooses the latents)."""
 
     def __init__(self, config: CodecConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -207,11 +208,6 @@ class FlowCodec(nn.Module):
     def quantized_latents(self, x: Tensor) -> list[Tensor]:
         return [model.quantize(y) for y, model in zip(self.analysis(x), self.entropy)]
 
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """What the decoder returns for x, computed without entropy coding."""
-        return self.synthesis(self.quantized_latents(x))
-
     # -- coding ---------------------------------------------------------------------------------
     def update(self) -> None:
         """Build the entropy coders' CDF tables from the learned densities (after training or loading)."""
@@ -233,15 +229,20 @@ class FlowCodec(nn.Module):
         return streams
 
     @torch.no_grad()
-    def decompress_latents(self, streams: list[bytes], height: int, width: int) -> Tensor:
-        """The decoded centred image (1, C, H, W) from :meth:`compress_latents`' streams."""
+    def decompress_latents(self, streams: list[bytes], height: int, width: int) -> list[Tensor]:
+        """The quantized latents of :meth:`compress_latents`' streams for a (padded) height × width."""
         if len(streams) != self.streams_per_image:
             raise ValueError(f"expected {self.streams_per_image} streams, got {len(streams)}")
         latents, at = [], 0
         for shape, model in zip(self.flow.latent_shapes(height, width), self.entropy):
             latents.append(model.decompress(streams[at : at + model.streams], shape))
             at += model.streams
-        return self.synthesis(latents)
+        return latents
+
+    @torch.no_grad()
+    def estimated_bits(self, latents: list[Tensor]) -> float:
+        """The model's own code length −Σ log₂ p of quantized latents (side information included)."""
+        return sum(model.estimated_bits(y_hat) for y_hat, model in zip(latents, self.entropy))
 
     def identifier(self) -> bytes:
         """8 bytes that name this model: a hash of its configuration and every parameter and

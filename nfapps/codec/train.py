@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 #: rate, a 1e-3 step in log-gain per batch takes thousands of batches to move the bit rate by 2×.
 GAIN_LR_FACTOR = 10.0
 
+#: The batch counter of ActNorm's initialisation batch (no training step uses it).
+INIT_BATCH_STEP = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class TrainingSettings:
@@ -114,7 +117,7 @@ def train_codec(
         logger.info("resuming codec training from step %d of %d (%s)", start, settings.steps, checkpoint)
     else:
         with torch.no_grad():  # ActNorm's data-dependent initialisation from a first batch
-            model(patch_batch(rgb, max(settings.batch, 16), settings.patch, settings.seed, -1 % 2**31).to(device))
+            model(patch_batch(rgb, max(settings.batch, 16), settings.patch, settings.seed, INIT_BATCH_STEP).to(device))
 
     def save(step: int) -> None:
         if checkpoint is not None:
@@ -127,7 +130,7 @@ def train_codec(
     budgeted = math.isfinite(settings.time_budget_s)  # the clock, not the step count, ends the run: no ETA
     bar = tqdm(range(start, settings.steps), initial=start, total=None if budgeted else settings.steps,
                desc="codec training", disable=not progress)
-    step = start
+    done = start
     rng_devices = [device] if device.type == "cuda" else []
     for step in bar:
         x = patch_batch(rgb, settings.batch, settings.patch, settings.seed, step).to(device)
@@ -150,10 +153,11 @@ def train_codec(
         psnr = 10 * math.log10(1.0 / max(mse.item(), 1e-12))
         history.append({"step": step, "loss": loss.item(), "bpp": bpp.item(), "mse": mse.item(), "psnr": psnr})
         bar.set_postfix(bpp=f"{bpp.item():.3f}", psnr=f"{psnr:.2f}")
-        if (step + 1) % settings.checkpoint_every == 0:
-            save(step + 1)
+        done = step + 1
+        if done % settings.checkpoint_every == 0:
+            save(done)
         if time.perf_counter() - began > settings.time_budget_s:
-            logger.info("time budget of %.0f s reached at step %d", settings.time_budget_s, step + 1)
+            logger.info("time budget of %.0f s reached at step %d", settings.time_budget_s, done)
             break
-    save(min(step + 1, settings.steps) if settings.steps > start else start)
+    save(done)
     return model.cpu().eval(), history
