@@ -273,6 +273,9 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_codec(commands: argparse._SubParsersAction) -> None:
+    from .codec.baseline import ARCHITECTURES, BaselineConfig  # torch only; CompressAI loads when a model is built
+    from .codec.model import ENTROPY_MODELS, CodecConfig
+
     p = commands.add_parser(
         "codec",
         help="lossy image compression with a flow codec: train, compress, decompress, evaluate",
@@ -286,7 +289,10 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--out", default="codec.nfc", help="the trained codec (default: codec.nfc); OUT.ckpt and OUT.json beside it")
     t.add_argument("--images", help="folder of training images (default: the bundled training photos)")
     t.add_argument("--lmbda", type=float, default=0.01, help="distortion weight λ in R + λ·255²·MSE (default: 0.01)")
-    t.add_argument("--entropy-model", choices=("factorized", "hyperprior"), default="factorized")
+    t.add_argument("--entropy-model", choices=ENTROPY_MODELS, default=CodecConfig.entropy_model,
+                   help=f"entropy model of the latents (default: {CodecConfig.entropy_model})")
+    t.add_argument("--architecture", choices=("flow", *ARCHITECTURES), default="flow",
+                   help="flow: the flow codec (default); bmshj2018-*: CompressAI's autoencoder baselines")
     t.add_argument("--levels", type=int, default=3)
     t.add_argument("--steps-per-level", type=int, default=4, help="Glow steps per level (default: 4)")
     t.add_argument("--hidden", type=int, default=64)
@@ -299,10 +305,12 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
 
     def train(args: argparse.Namespace) -> int:
         from .codec.job import run_train
-        from .codec.model import CodecConfig
         from .codec.train import TrainingSettings
 
-        config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden, entropy_model=args.entropy_model)
+        if args.architecture == "flow":
+            config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden, entropy_model=args.entropy_model)
+        else:
+            config = BaselineConfig(args.architecture)
         settings = TrainingSettings(lmbda=args.lmbda, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
                                     seed=args.seed, time_budget_s=args.time_budget)
         summary = run_train(args.out, args.images, config, settings, device=args.device, progress=not args.quiet)

@@ -37,5 +37,42 @@ def test_psnr_interpolation_is_linear_in_log_rate(bench):
 def test_classical_codec_round_trip_and_recompression_bookkeeping(bench):
     codec = bench.classical_codecs()["JPEG"]
     pixels = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    cycles = bench.recompress(lambda p: codec["encode"](p, 75), codec["decode"], pixels, [1, 3])
+    cycles, last = bench.recompress(lambda p: codec["encode"](p, 75), codec["decode"], pixels, [1, 3])
+    assert last.shape == pixels.shape
     assert set(cycles) == {"1", "3"} and all(math.isfinite(v) for v in cycles.values())
+
+
+def test_learned_codecs_by_lambda_decode_with_the_model_the_file_names(bench):
+    import torch
+
+    from nfapps.codec import CodecConfig, FlowCodec, ImageCodec
+
+    models = {}
+    for lmbda, gain in ((0.01, 1.0), (0.1, 4.0)):
+        torch.manual_seed(0)
+        model = FlowCodec(CodecConfig(levels=2, steps=1, hidden=8, initial_gain=gain))
+        model(torch.rand(1, 3, 16, 16) - 0.5)
+        models[lmbda] = ImageCodec(model)
+    codec = bench.as_codec(models)
+    assert codec["settings"] == [0.01, 0.1]
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    for lmbda, model in models.items():
+        data = codec["encode"](pixels, lmbda)
+        np.testing.assert_array_equal(codec["decode"](data), model.decode(data))
+    assert len(codec["encode"](pixels, 0.1)) > len(codec["encode"](pixels, 0.01))  # the finer step costs more
+
+
+def test_recompression_stops_at_a_fixed_point_with_the_same_figures(bench):
+    pixels = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    calls = []
+
+    def encode(p):
+        calls.append(1)
+        return (p // 2 * 2).tobytes()  # a lossy codec that is idempotent after one cycle
+
+    def decode(data):
+        return np.frombuffer(data, dtype=np.uint8).reshape(8, 8, 3)
+
+    psnrs, last = bench.recompress(encode, decode, pixels, [1, 2, 5, 50])
+    assert len(calls) == 2 and set(psnrs) == {"1", "2", "5", "50"}
+    assert psnrs["1"] == psnrs["2"] == psnrs["5"] == psnrs["50"] and np.array_equal(last, pixels // 2 * 2)

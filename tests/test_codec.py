@@ -13,6 +13,7 @@ from nfapps.atomic import FlowFileError
 from nfapps.cli import main
 from nfapps.codec import BitstreamError, CodecConfig, FlowCodec, ImageCodec, ImageError, TrainingSettings, psnr, train_codec
 from nfapps.codec import backend
+from nfapps.codec.baseline import BaselineConfig, LearnedBaseline
 from nfapps.codec.images import read_image, to_tensor, write_image
 from nfapps.codec.latent_flow import LatentFlow
 from nfapps.codec.photos import EVALUATION, TRAINING, load_photo
@@ -61,7 +62,7 @@ def test_flow_is_exactly_invertible_before_quantization(levels):
     assert torch.allclose(flow.inverse(latents), x, atol=2e-5)
 
 
-@pytest.mark.parametrize("entropy_model", ["factorized", "hyperprior"])
+@pytest.mark.parametrize("entropy_model", ["factorized", "hyperprior", "conditional"])
 def test_bitstream_round_trip_equals_the_models_reconstruction(entropy_model, held_out, tmp_path):
     config = CodecConfig(levels=2, steps=1, hidden=8, entropy_model=entropy_model, hyper_channels=8, initial_gain=4.0)
     model = FlowCodec(config)
@@ -79,6 +80,89 @@ def test_bitstream_round_trip_equals_the_models_reconstruction(entropy_model, he
     assert report["bytes"] == size and report["bpp"] == pytest.approx(8 * size / (48 * 62))
     np.testing.assert_array_equal(codec.decompress_file(tmp_path / "out.nfic", tmp_path / "back.png"), codec.reconstruct(held_out))
     np.testing.assert_array_equal(read_image(tmp_path / "back.png"), codec.reconstruct(held_out))
+
+
+def test_the_split_prior_sees_what_the_decoder_has_decoded():
+    """The conditional entropy model of level l is given the flow's kept half at level l: the
+    inverse of the coarser latents, which the decoder holds before it decodes level l."""
+    model = FlowCodec(CodecConfig(levels=3, steps=1, hidden=8, entropy_model="conditional", initial_gain=3.0))
+    x = torch.rand(1, 3, 32, 24) - 0.5
+    model(x)
+    perturb(model.flow, 0.05)
+    kept, h = [], x
+    for level, block in enumerate(model.flow.blocks[:-1]):  # the forward pass, by hand
+        h = block(model.flow.squeeze(h)[0])[0][:, : model.flow.latent_channels[level]]
+        kept.append(h)
+    analysed, seen = model.analysis(x), {}
+
+    def code(level, context):
+        seen[level] = context
+        return analysed[level]
+
+    _, image = model._descend(code, image=True)
+    assert seen[2] is None  # the coarsest level: an EntropyBottleneck, no context
+    for level in (0, 1):
+        assert torch.allclose(seen[level], kept[level], atol=2e-5)
+    assert torch.allclose(image, x, atol=2e-5)
+    # and what it predicts changes the rate: the quantized latents sit on a grid around its means
+    latents = model.quantized_latents(x)
+    means, _ = model.entropy[0].prior(seen[0])
+    assert torch.allclose(latents[0] - means, torch.round(latents[0] - means), atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["bmshj2018-factorized", "bmshj2018-hyperprior"])
+def test_compressai_baselines_train_and_code_through_the_same_files(architecture, photos, tmp_path):
+    config = BaselineConfig(architecture, n=8, m=8)
+    settings = TrainingSettings(lmbda=0.01, steps=30, batch=2, patch=64, lr=5e-3, seed=0)
+    model, _ = train_codec(photos, config, settings, device="cpu", progress=False)
+    torch.manual_seed(settings.seed)
+    untrained = LearnedBaseline(config).eval()  # train_codec's initialisation
+    batch = patch_batch(photos, 4, 64, seed=9, step=0)
+
+    def loss(m):
+        with torch.no_grad():
+            out = m(batch)
+        return float(out["bpp"].mean() + settings.lmbda * 255**2 * (out["x_hat"] - batch).square().mean())
+
+    assert loss(model) < 0.7 * loss(untrained), (loss(model), loss(untrained))
+    codec = ImageCodec(model)
+    assert codec.settle == 0  # an autoencoder's decoder is not its encoder's inverse: nothing to settle
+    pixels = photos[0][:70, :90]
+    data = codec.encode(pixels)
+    np.testing.assert_array_equal(codec.decode(data), codec.reconstruct(pixels))
+    streams = 8 * (len(data) - 24 - 4 * model.streams_per_image - 4)
+    assert abs(streams / (codec.estimated_bpp(data) * 70 * 90) - 1) < 0.2
+    codec.save(tmp_path / "baseline.nfc")
+    loaded = ImageCodec.load(tmp_path / "baseline.nfc")
+    assert isinstance(loaded.model, LearnedBaseline) and loaded.identifier == codec.identifier
+    np.testing.assert_array_equal(loaded.decode(data), codec.decode(data))
+    with pytest.raises(BitstreamError, match="another codec model"):
+        ImageCodec(FlowCodec(TINY)).decode(data)
+
+
+def test_the_quantization_step_knob_rescales_the_density_exactly(trained, held_out):
+    codec, _ = trained
+    model = codec.model
+    v = torch.linspace(-4, 4, 17)[None, None].repeat(model.entropy[0].bottleneck.channels, 1, 1)
+    sizes, qualities = [], []
+    for step in (0.6, 1.5, 3.0):
+        knob = model.with_quantization_step(step)
+        # the rescaled density p'(v) = step · p(step · v): the same CDF at step · v
+        rescaled = knob.entropy[0].bottleneck._logits_cumulative(v, stop_gradient=True)
+        original = model.entropy[0].bottleneck._logits_cumulative(step * v, stop_gradient=True)
+        assert torch.allclose(rescaled, original, atol=1e-4)
+        knob_codec = ImageCodec(knob)
+        data = knob_codec.encode(held_out)
+        np.testing.assert_array_equal(knob_codec.decode(data), knob_codec.reconstruct(held_out))
+        sizes.append(len(data))
+        qualities.append(psnr(held_out, knob_codec.decode(data)))
+        stream_bits = 8 * (len(data) - 24 - 4 * knob.streams_per_image - 4)  # the file less its header and CRC
+        assert abs(stream_bits / (knob_codec.estimated_bpp(data) * held_out.size / 3) - 1) < 0.15
+    assert sizes[0] > sizes[1] > sizes[2] and qualities[0] > qualities[1] > qualities[2]
+    with pytest.raises(ValueError, match="positive"):
+        model.with_quantization_step(0.0)
+    with pytest.raises(ValueError, match="factorized"):
+        FlowCodec(CodecConfig(levels=2, steps=1, hidden=8, entropy_model="hyperprior")).with_quantization_step(2.0)
 
 
 def test_training_lowers_the_loss_and_beats_pixel_quantization(trained, held_out):

@@ -2,14 +2,14 @@
 
     offset  size  field
     0       4     magic b"NFIC"
-    4       1     format version (1)
+    4       1     format version (2; version 1 stored the streams finest level first)
     5       1     image channels: 1 (grayscale) or 3 (RGB)
     6       4     height, unsigned big-endian
     10      4     width
     14      8     identifier of the model that wrote it (FlowCodec.identifier)
     22      2     number of streams S
     24      4·S   stream lengths
-    …             the streams (entropy-coded latents and side information)
+    …             the streams (entropy-coded latents and side information), coarsest level first
     end−4   4     CRC-32 of everything before it
 
 The bit rate of an image is 8·(file size)/(H·W): header and checksum included. Every way a
@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"NFIC"
-VERSION = 1
+VERSION = 2
 _HEAD = struct.Struct(">4sBBII8sH")
 _CRC = struct.Struct(">I")
 MAX_SIDE = 1 << 16

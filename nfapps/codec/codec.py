@@ -21,16 +21,14 @@ from ..device import resolve_device
 from . import bitstream
 from .bitstream import BitstreamError, Header
 from .images import check_pixels, read_image, to_pixels, to_tensor, write_image
-from .model import CodecConfig, FlowCodec
+from .baseline import BaselineConfig, LearnedBaseline
+from .model import DERIVED_BUFFERS, CodecConfig, FlowCodec, learned_state
 
 logger = logging.getLogger(__name__)
 
-#: Buffers rebuilt by FlowCodec.update() from the parameters (their sizes vary): not saved.
-_DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
-
-def _saved_state(model: FlowCodec) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS}
+#: Settling rounds of the flow codec's encoder (see ImageCodec).
+DEFAULT_SETTLE = 8
 
 
 class ImageCodec:
@@ -43,10 +41,13 @@ class ImageCodec:
     saves them), encodes those again, and repeats, up to ``settle`` times, until the latents
     reproduce themselves. A settled file decodes to an image whose re-encoding is bit-identical:
     every later cycle loses exactly nothing. The first decode carries the small loss those cycles
-    would have spread out (measured in the benchmark); ``settle=0`` turns it off.
+    would have spread out (measured in the benchmark); ``settle=0`` turns it off, and is the
+    default for a :class:`~nfapps.codec.baseline.LearnedBaseline`.
     """
 
-    def __init__(self, model: FlowCodec, device: str | torch.device = "cpu", settle: int = 8) -> None:
+    def __init__(self, model: FlowCodec | LearnedBaseline, device: str | torch.device = "cpu", settle: int | None = None) -> None:
+        if settle is None:  # an autoencoder's decoder is no inverse of its encoder: nothing to settle
+            settle = DEFAULT_SETTLE if isinstance(model, FlowCodec) else 0
         if not isinstance(settle, int) or settle < 0:
             raise ValueError(f"settle must be an integer ≥ 0, got {settle!r}")
         self.device = resolve_device(device)
@@ -58,7 +59,7 @@ class ImageCodec:
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the codec (configuration and parameters) atomically."""
-        dump({"config": asdict(self.model.config), "state": _saved_state(self.model)}, path, "codec")
+        dump({"config": asdict(self.model.config), "state": learned_state(self.model)}, path, "codec")
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ImageCodec":
@@ -153,13 +154,23 @@ class ImageCodec:
         return pixels
 
 
-def model_from_payload(payload: dict, path: str | os.PathLike) -> FlowCodec:
+def build_model(config: CodecConfig | BaselineConfig) -> FlowCodec | LearnedBaseline:
+    """The codec model a configuration describes: a flow codec or a CompressAI baseline."""
+    return LearnedBaseline(config) if isinstance(config, BaselineConfig) else FlowCodec(config)
+
+
+def config_from_dict(values: dict) -> CodecConfig | BaselineConfig:
+    """A saved configuration (``asdict`` of either kind) back as its dataclass."""
+    return BaselineConfig(**values) if "architecture" in values else CodecConfig(**values)
+
+
+def model_from_payload(payload: dict, path: str | os.PathLike) -> FlowCodec | LearnedBaseline:
     try:
-        model = FlowCodec(CodecConfig(**payload["config"]))
+        model = build_model(config_from_dict(payload["config"]))
         missing, unexpected = model.load_state_dict(payload["state"], strict=False)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise FlowFileError(f"{path} does not hold a flow codec this nfapps can build ({error}); re-train or re-export it") from None
-    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS]
+        raise FlowFileError(f"{path} does not hold a codec this nfapps can build ({error}); re-train or re-export it") from None
+    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in DERIVED_BUFFERS]
     if missing or unexpected:
         raise FlowFileError(f"{path} does not match its codec configuration (missing {missing[:3]}, unexpected {unexpected[:3]}); re-train it")
     return model

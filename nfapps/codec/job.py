@@ -16,6 +16,7 @@ import numpy as np
 from ..outputs import write_json
 from .codec import ImageCodec
 from .images import IMAGE_SUFFIXES, ImageError, psnr, read_image
+from .baseline import BaselineConfig
 from .model import CodecConfig
 from .photos import EVALUATION, TRAINING, load_photos
 from .train import TrainingSettings, train_codec
@@ -36,7 +37,7 @@ def read_folder(folder: str | os.PathLike | None, default: tuple[str, ...]) -> d
     return {p.stem: read_image(p) for p in files}
 
 
-def run_train(out: str | os.PathLike, images: str | None = None, config: CodecConfig | None = None,
+def run_train(out: str | os.PathLike, images: str | None = None, config: CodecConfig | BaselineConfig | None = None,
               settings: TrainingSettings | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train a codec and write it to ``out`` (plus ``out``.ckpt, resumed when it exists, and
     ``out``.json with the training curve)."""

@@ -70,6 +70,13 @@ class LatentFlow(nn.Module):
                 latents.append(h)
         return latents
 
+    def inverse_level(self, h: Tensor, level: int) -> Tensor:
+        """Level ``level``'s full state (its kept half and its latent, concatenated) ↦ the kept half
+        of level − 1, or the image for level 0: one step of :meth:`inverse`, so that a decoder can
+        condition level − 1's entropy model on it before decoding that level's latent."""
+        h, _ = self.blocks[level].inverse(h)
+        return self.squeeze.inverse(h)[0]
+
     def inverse(self, latents: list[Tensor]) -> Tensor:
         if len(latents) != self.levels:
             raise ValueError(f"expected {self.levels} latents, got {len(latents)}")
@@ -77,6 +84,5 @@ class LatentFlow(nn.Module):
         for level in range(self.levels - 1, -1, -1):
             if level < self.levels - 1:
                 h = torch.cat([h, latents[level]], dim=1)
-            h, _ = self.blocks[level].inverse(h)
-            h, _ = self.squeeze.inverse(h)
+            h = self.inverse_level(h, level)
         return h

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from ..atomic import dump, load_container
 from ..device import resolve_device
-from .codec import _saved_state
-from .model import CodecConfig, FlowCodec
+from .baseline import BaselineConfig, LearnedBaseline
+from .codec import build_model
+from .model import CodecConfig, FlowCodec, learned_state
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def patch_batch(images: list[np.ndarray], batch: int, patch: int, seed: int, ste
     return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0 - 0.5
 
 
-def _optimizers(model: FlowCodec, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+def _optimizers(model: FlowCodec | LearnedBaseline, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Adam for the model (the quantization gains, log-scale parameters that set the rate, at
     GAIN_LR_FACTOR × lr) and CompressAI's separate Adam for the bottlenecks' quantiles."""
     named = list(model.named_parameters())
@@ -85,13 +86,13 @@ def _optimizers(model: FlowCodec, lr: float) -> tuple[torch.optim.Optimizer, tor
 
 def train_codec(
     images: list[np.ndarray],
-    config: CodecConfig | None = None,
+    config: CodecConfig | BaselineConfig | None = None,
     settings: TrainingSettings | None = None,
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
-) -> tuple[FlowCodec, list[dict[str, float]]]:
-    """Train a :class:`FlowCodec` on patches of ``images`` (uint8 (H, W[, 3]), each at least
+) -> tuple[FlowCodec | LearnedBaseline, list[dict[str, float]]]:
+    """Train a :class:`FlowCodec` (or, given a :class:`BaselineConfig`, a CompressAI baseline) on patches of ``images`` (uint8 (H, W[, 3]), each at least
     ``patch`` on a side). With ``checkpoint``, resumes from it when it exists (same config and
     settings) and writes it atomically every ``checkpoint_every`` steps and at the end.
     Returns the model (on the CPU, in eval mode) and the per-step history (bpp, mse, psnr, loss)."""
@@ -102,7 +103,7 @@ def train_codec(
     if not rgb or min(min(im.shape[:2]) for im in rgb) < settings.patch:
         raise ValueError(f"training needs images of at least {settings.patch}×{settings.patch} pixels")
     torch.manual_seed(settings.seed)
-    model = FlowCodec(config).to(device)
+    model = build_model(config).to(device)
     main_opt, aux_opt = _optimizers(model, settings.lr)
     history: list[dict[str, float]] = []
     start = 0
@@ -121,14 +122,14 @@ def train_codec(
 
     def save(step: int) -> None:
         if checkpoint is not None:
-            dump({"config": asdict(config), "settings": {**asdict(settings), "time_budget_s": None}, "model": _saved_state(model),
+            dump({"config": asdict(config), "settings": {**asdict(settings), "time_budget_s": None}, "model": learned_state(model),
                   "main_opt": main_opt.state_dict(), "aux_opt": aux_opt.state_dict(), "step": step, "history": history},
                  checkpoint, "codec-checkpoint")
 
     model.train()
     began = time.perf_counter()
     budgeted = math.isfinite(settings.time_budget_s)  # the clock, not the step count, ends the run: no ETA
-    bar = tqdm(range(start, settings.steps), initial=start, total=None if budgeted else settings.steps,
+    bar = tqdm(range(start, settings.steps), initial=start, total=math.inf if budgeted else settings.steps,
                desc="codec training", disable=not progress)
     done = start
     rng_devices = [device] if device.type == "cuda" else []
