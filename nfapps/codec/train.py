@@ -23,7 +23,7 @@ from ..atomic import dump, load_container
 from ..device import resolve_device
 from .baseline import BaselineConfig, LearnedBaseline
 from .codec import build_model
-from .model import CodecConfig, FlowCodec, learned_state
+from .model import CodecConfig, FlowCodec, fit_entropy_quantiles, learned_state
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ def train_codec(
     done = start
     rng_devices = [device] if device.type == "cuda" else []
     for step in bar:
+        if time.perf_counter() - began > settings.time_budget_s:  # checked first: a spent budget trains no step
+            logger.info("time budget of %.0f s reached at step %d", settings.time_budget_s, done)
+            break
         x = patch_batch(rgb, settings.batch, settings.patch, settings.seed, step).to(device)
         with torch.random.fork_rng(devices=rng_devices):  # the rate proxy's noise, counter-seeded too
             torch.manual_seed(hash((settings.seed, step)) % 2**63)
@@ -157,8 +160,6 @@ def train_codec(
         done = step + 1
         if done % settings.checkpoint_every == 0:
             save(done)
-        if time.perf_counter() - began > settings.time_budget_s:
-            logger.info("time budget of %.0f s reached at step %d", settings.time_budget_s, done)
-            break
     save(done)
+    fit_entropy_quantiles(model)  # the codec's coding range; the checkpoint keeps the trained state to resume from
     return model.cpu().eval(), history
