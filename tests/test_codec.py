@@ -314,6 +314,12 @@ def test_cli_train_and_evaluate_on_a_folder(tmp_path, capsys, photos):
     assert main(args) == 0
     assert (tmp_path / "c.nfc").exists() and (tmp_path / "c.nfc.ckpt").exists()
     capsys.readouterr()
+    baseline = ["codec", "train", "--architecture", "bmshj2018-hyperprior", "--patch", "32", "--images", str(folder),
+                "--out", str(tmp_path / "b.nfc"), "--steps", "1", "-q", "--device", "cpu"]
+    assert main(baseline) == 2  # its sides must be multiples of 64: a one-line error, not a shape mismatch deep inside
+    err = capsys.readouterr().err
+    assert "multiples of 64" in err and "--patch 64" in err and err.count("\n") == 1
+    capsys.readouterr()
     assert main(["codec", "evaluate", "--model", str(tmp_path / "c.nfc"), "--images", str(folder), "--out",
                  str(tmp_path / "e.json"), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "e.json").read_text())

@@ -104,6 +104,9 @@ def train_codec(
         raise ValueError(f"training needs images of at least {settings.patch}×{settings.patch} pixels")
     torch.manual_seed(settings.seed)
     model = build_model(config).to(device)
+    if settings.patch % model.multiple:
+        raise ValueError(f"training patches of {settings.patch} pixels do not fit this model, whose image sides must be "
+                         f"multiples of {model.multiple}; choose --patch {max(model.multiple, settings.patch // model.multiple * model.multiple)}")
     main_opt, aux_opt = _optimizers(model, settings.lr)
     history: list[dict[str, float]] = []
     start = 0
