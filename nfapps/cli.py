@@ -300,6 +300,8 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--patch", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-drop-at", type=float, default=0.85,
+                   help="share of the run (of --time-budget if given, else of --steps) after which the learning rate drops 10× (default: 0.85)")
     t.add_argument("--time-budget", type=float, default=math.inf, help="stop after this many seconds of training")
     t.add_argument("--seed", type=int, default=0)
 
@@ -312,7 +314,7 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
         else:
             config = BaselineConfig(args.architecture)
         settings = TrainingSettings(lmbda=args.lmbda, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
-                                    seed=args.seed, time_budget_s=args.time_budget)
+                                    seed=args.seed, time_budget_s=args.time_budget, lr_drop_at=args.lr_drop_at)
         summary = run_train(args.out, args.images, config, settings, device=args.device, progress=not args.quiet)
         print(json.dumps({k: summary[k] for k in ("model", "identifier", "steps", "final_bpp", "final_psnr")}, indent=2))
         return 0

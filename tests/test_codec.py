@@ -277,6 +277,21 @@ def test_interrupted_training_resumes_to_the_same_model(photos, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_the_learning_rate_drops_once_at_its_share_of_the_run_and_resumes_dropped(photos, tmp_path):
+    from nfapps.atomic import load_container
+
+    settings = TrainingSettings(lmbda=0.01, steps=4, batch=2, patch=32, lr=1e-3, seed=1, lr_drop_at=0.5)
+    train_codec(photos, TINY, settings, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
+    groups = load_container(tmp_path / "run.ckpt", "codec-checkpoint")["main_opt"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])  # the flow's, and the gains' (10×)
+    longer = TrainingSettings(**{**settings.__dict__, "steps": 6})
+    train_codec(photos, TINY, longer, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
+    groups = load_container(tmp_path / "run.ckpt", "codec-checkpoint")["main_opt"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])  # not dropped twice
+    with pytest.raises(ValueError, match="lr_drop_at"):
+        TrainingSettings(lr_drop_at=0.0)
+
+
 def test_patches_depend_only_on_seed_and_step(photos):
     assert torch.equal(patch_batch(photos, 3, 32, 1, 7), patch_batch(photos, 3, 32, 1, 7))
     assert not torch.equal(patch_batch(photos, 3, 32, 1, 7), patch_batch(photos, 3, 32, 1, 8))
