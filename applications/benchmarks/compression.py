@@ -191,15 +191,19 @@ def recompress(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], 
 
 
 # -- the learned codecs -----------------------------------------------------------------------------
+def model_path(kind: str, lmbda: float, args: argparse.Namespace) -> Path:
+    """Where the model of ``kind`` ("flow" or a CompressAI baseline architecture) for λ lives in ``--work``."""
+    stem = f"flow-{args.entropy_model}" if kind == "flow" else f"baseline-{kind}"
+    return Path(args.work) / f"{stem}-{lmbda:g}.nfc"
+
+
 def learned_codecs(kind: str, lambdas: list[float], args: argparse.Namespace) -> dict[float, ImageCodec]:
-    """λ → trained codec of ``kind`` ("flow" or a CompressAI baseline architecture), each trained for
-    at most ``--budget-minutes`` into ``--work`` (resumed when interrupted; reused when done)."""
-    work, models = Path(args.work), {}
+    """λ → trained codec of ``kind``, each trained for at most ``--budget-minutes`` into ``--work``
+    (resumed when interrupted; reused when done)."""
+    config = CodecConfig(entropy_model=args.entropy_model) if kind == "flow" else BaselineConfig(kind)
+    models = {}
     for lmbda in lambdas:
-        if kind == "flow":
-            path, config = work / f"flow-{args.entropy_model}-{lmbda:g}.nfc", CodecConfig(entropy_model=args.entropy_model)
-        else:
-            path, config = work / f"baseline-{kind}-{lmbda:g}.nfc", BaselineConfig(kind)
+        path = model_path(kind, lmbda, args)
         if not path.exists():
             settings = TrainingSettings(lmbda=lmbda, steps=10**7, time_budget_s=60 * args.budget_minutes)
             run_train(path, None, config, settings, device=args.device)
@@ -209,21 +213,21 @@ def learned_codecs(kind: str, lambdas: list[float], args: argparse.Namespace) ->
 
 def as_codec(models: dict[float, ImageCodec]) -> dict[str, Any]:
     """Trained codecs by λ as one codec with a setting (λ), like the Pillow codecs: a file is
-    decoded by the model its header names."""
+    decoded by the model its header names (``model_of``)."""
     by_identifier = {codec.identifier: codec for codec in models.values()}
 
-    def decode(data: bytes) -> np.ndarray:
-        return by_identifier[unpack(data)[0].model].decode(data)
+    def model_of(data: bytes) -> ImageCodec:
+        return by_identifier[unpack(data)[0].model]
 
-    return {"encode": lambda pixels, lmbda: models[lmbda].encode(pixels), "decode": decode, "settings": sorted(models)}
+    return {"encode": lambda pixels, lmbda: models[lmbda].encode(pixels), "decode": lambda data: model_of(data).decode(data),
+            "settings": sorted(models), "model_of": model_of}
 
 
 def training_record(models: dict[float, ImageCodec], args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """Steps and final training figures of each model (from the JSON ``nfapps codec train`` writes)."""
     out = {}
     for lmbda in models:
-        stem = f"flow-{args.entropy_model}-{lmbda:g}" if kind == "flow" else f"baseline-{kind}-{lmbda:g}"
-        path = Path(args.work) / f"{stem}.nfc.json"
+        path = model_path(kind, lmbda, args).with_suffix(".nfc.json")
         if path.exists():
             info = json.loads(path.read_text())
             out[str(lmbda)] = {k: info.get(k) for k in ("steps", "final_bpp", "final_psnr")}
@@ -269,12 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         learned[KNOB] = {step: ImageCodec(knob_model.with_quantization_step(step), args.device) for step in args.knob_steps}
     codecs = {name: as_codec(models) for name, models in learned.items()} | classical_codecs()
 
-    def learned_entries(pixels: np.ndarray, data: bytes, decoded: np.ndarray, models: dict[float, ImageCodec]) -> dict[str, Any]:
-        codec = next(c for c in models.values() if c.identifier == unpack(data)[0].model)
-        return ms_ssim_entry(pixels, data, decoded) | {"estimated_bpp": codec.estimated_bpp(data), "settled": codec.last_settled}
+    def learned_entries(model_of: Callable[[bytes], ImageCodec]) -> Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]]:
+        def entries(pixels: np.ndarray, data: bytes, decoded: np.ndarray) -> dict[str, Any]:
+            codec = model_of(data)
+            return ms_ssim_entry(pixels, data, decoded) | {"estimated_bpp": codec.estimated_bpp(data), "settled": codec.last_settled}
+        return entries
 
-    results = {name: sweep(name, codec, photos, (lambda p, d, q, m=learned[name]: learned_entries(p, d, q, m)) if name in learned
-                           else ms_ssim_entry) for name, codec in codecs.items()}
+    results = {name: sweep(name, codec, photos, learned_entries(codec["model_of"]) if name in learned else ms_ssim_entry)
+               for name, codec in codecs.items()}
 
     def points(codec: str, image: str) -> list[tuple[float, float]]:
         return [(r["bpp"], r["psnr"]) for r in results[codec][image]]

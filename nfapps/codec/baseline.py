@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from .backend import load_compressai
-from .model import model_identifier, update_entropy_tables
+from .model import bottleneck_medians, model_identifier, round_around, update_entropy_tables
 
-#: architecture name → (CompressAI class in compressai.models, H and W must be multiples of)
+#: architecture name → (CompressAI class in compressai.models, its total stride: H and W must be
+#: multiples of it, and the coded latent — y, or the hyperprior's z — is that much smaller)
 ARCHITECTURES = {"bmshj2018-factorized": ("FactorizedPrior", 16), "bmshj2018-hyperprior": ("ScaleHyperprior", 64)}
 
 
@@ -85,16 +86,13 @@ class LearnedBaseline(nn.Module):
         return self._identifier
 
     # -- coding, as FlowCodec ------------------------------------------------------------------
-    def _scales(self, z_hat: Tensor) -> Tensor:
-        return self.net.h_s(z_hat)
-
     @torch.no_grad()
     def quantized_latents(self, x: Tensor) -> list[Tensor]:
         y = self.net.g_a(x + 0.5)
+        medians = bottleneck_medians(self.net.entropy_bottleneck)
         if not self.hyperprior:
-            return [self.net.entropy_bottleneck.quantize(y, "dequantize", self.net.entropy_bottleneck._get_medians())]
-        z = self.net.h_a(torch.abs(y))
-        return [torch.round(y), self.net.entropy_bottleneck.quantize(z, "dequantize", self.net.entropy_bottleneck._get_medians())]
+            return [round_around(y, medians)]
+        return [torch.round(y), round_around(self.net.h_a(torch.abs(y)), medians)]
 
     @torch.no_grad()
     def synthesis(self, latents: list[Tensor]) -> Tensor:
@@ -108,7 +106,7 @@ class LearnedBaseline(nn.Module):
         if not self.hyperprior:
             return self.net.entropy_bottleneck.compress(latents[0])
         y_hat, z_hat = latents
-        indexes = self.net.gaussian_conditional.build_indexes(self._scales(z_hat))
+        indexes = self.net.gaussian_conditional.build_indexes(self.net.h_s(z_hat))
         return [self.net.gaussian_conditional.compress(y_hat, indexes)[0], self.net.entropy_bottleneck.compress(z_hat)[0]]
 
     @torch.no_grad()
@@ -116,9 +114,9 @@ class LearnedBaseline(nn.Module):
         if len(streams) != self.streams_per_image:
             raise ValueError(f"expected {self.streams_per_image} streams, got {len(streams)}")
         if not self.hyperprior:
-            return [self.net.entropy_bottleneck.decompress(streams, (height // 16, width // 16))]
-        z_hat = self.net.entropy_bottleneck.decompress([streams[1]], (height // 64, width // 64))
-        indexes = self.net.gaussian_conditional.build_indexes(self._scales(z_hat))
+            return [self.net.entropy_bottleneck.decompress(streams, (height // self.multiple, width // self.multiple))]
+        z_hat = self.net.entropy_bottleneck.decompress([streams[1]], (height // self.multiple, width // self.multiple))
+        indexes = self.net.gaussian_conditional.build_indexes(self.net.h_s(z_hat))
         return [self.net.gaussian_conditional.decompress([streams[0]], indexes, z_hat.dtype), z_hat]
 
     @torch.no_grad()
@@ -128,5 +126,5 @@ class LearnedBaseline(nn.Module):
             return float(-likelihood.log2().sum())
         y_hat, z_hat = latents
         _, z_likelihood = self.net.entropy_bottleneck(z_hat, training=False)
-        _, y_likelihood = self.net.gaussian_conditional(y_hat, self._scales(z_hat), training=False)
+        _, y_likelihood = self.net.gaussian_conditional(y_hat, self.net.h_s(z_hat), training=False)
         return float(-(y_likelihood.log2().sum() + z_likelihood.log2().sum()))

@@ -67,6 +67,16 @@ class CodecConfig:
             raise ValueError(f"initial_gain must be a positive number, got {self.initial_gain!r}")
 
 
+def round_around(values: Tensor, centre: Tensor) -> Tensor:
+    """Rounding on the integer grid shifted to ``centre``: centre + ⌊values − centre⌉."""
+    return torch.round(values - centre) + centre
+
+
+def bottleneck_medians(bottleneck: nn.Module) -> Tensor:
+    """An ``EntropyBottleneck``'s per-channel medians, (1, C, 1, 1): its rounding centres."""
+    return bottleneck._get_medians().detach()
+
+
 def _ste_round(y: Tensor, quantized: Tensor) -> Tensor:
     """The quantized values forward, the identity's gradient backward."""
     return y + (quantized - y).detach()
@@ -74,6 +84,9 @@ def _ste_round(y: Tensor, quantized: Tensor) -> Tensor:
 
 class _Hyperprior(nn.Module):
     """Scale hyperprior for one latent: z = h_a(y) (stride 2), σ = h_s(ẑ)."""
+
+    streams = 2
+    uses_context = False
 
     def __init__(self, latent_channels: int, hyper_channels: int) -> None:
         super().__init__()
@@ -91,8 +104,6 @@ class _Hyperprior(nn.Module):
 
     def scales(self, z_hat: Tensor) -> Tensor:
         return nn.functional.softplus(self.synthesis(z_hat)) + 0.11  # GaussianConditional's lower bound
-
-    uses_context = False
 
     def forward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(ŷ rounded, likelihoods of ỹ, likelihoods of z̃) for training."""
@@ -123,8 +134,6 @@ class _Hyperprior(nn.Module):
         indexes = self.conditional.build_indexes(self.scales(z_hat))
         return self.conditional.decompress([strings[1]], indexes, z_hat.dtype)
 
-    streams = 2
-
 
 class _Factorized(nn.Module):
     """A learned per-channel density, shared over pixels (CompressAI's EntropyBottleneck)."""
@@ -140,8 +149,7 @@ class _Factorized(nn.Module):
         self.bottleneck = entropy_models().EntropyBottleneck(latent_channels, init_scale=BOTTLENECK_INIT_SCALE)
 
     def quantize(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        medians = self.bottleneck._get_medians().detach()
-        return torch.round(y - medians) + medians
+        return round_around(y, bottleneck_medians(self.bottleneck))
 
     def forward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, None]:
         _, likelihood = self.bottleneck(y)
@@ -186,13 +194,12 @@ class _SplitPrior(nn.Module):
         return means, nn.functional.softplus(raw)
 
     def quantize(self, y: Tensor, context: Tensor) -> Tensor:
-        means, _ = self.prior(context)
-        return torch.round(y - means) + means
+        return round_around(y, self.prior(context)[0])
 
     def forward(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor, None]:
         means, scales = self.prior(context)
         _, likelihood = self.conditional(y, scales, means=means)
-        return torch.round(y - means) + means, likelihood, None
+        return round_around(y, means), likelihood, None
 
     def estimated_bits(self, y_hat: Tensor, context: Tensor) -> float:
         means, scales = self.prior(context)
@@ -256,11 +263,12 @@ class FlowCodec(nn.Module):
         level, or where no entropy model asks for it). Returns [ŷ_0, …, ŷ_{L−1}] and, with
         ``image``, the decoded image f⁻¹(ŷ / g)."""
         levels = self.flow.levels
+        finer_uses_context = [any(model.uses_context for model in list(self.entropy)[:level]) for level in range(levels)]
         latents: list[Tensor] = [None] * levels  # type: ignore[list-item]
         h: Tensor | None = None
         for level in range(levels - 1, -1, -1):
             latents[level] = code(level, h)
-            if image or any(model.uses_context for model in list(self.entropy)[:level]):
+            if image or finer_uses_context[level]:
                 y = latents[level] * (-self.log_gains[level]).exp()[:, None, None]
                 h = self.flow.inverse_level(y if h is None else torch.cat([h, y], dim=1), level)
         return latents, h if image else None
@@ -306,8 +314,7 @@ class FlowCodec(nn.Module):
                 first = bottleneck.matrices[0]
                 first.copy_(_inverse_softplus(step * nn.functional.softplus(first)))
                 bottleneck.quantiles /= step
-        copy.update()
-        return copy
+        return copy  # its CDF tables are built by update(), as ImageCodec does
 
     def aux_loss(self) -> Tensor:
         """CompressAI's quantile loss of the entropy bottlenecks (trained by its own optimiser)."""
@@ -392,7 +399,7 @@ def update_entropy_tables(module: nn.Module) -> None:
             sub.update_scale_table(_scale_table(), force=True)
 
 
-#: Bisection bracket and iterations of fit_entropy_quantiles (2^-44 of the bracket: float precision).
+#: Bisection bracket of fit_entropy_quantiles, and its halvings (to far below float32 precision).
 _QUANTILE_BRACKET, _QUANTILE_ITERATIONS = 2.0**14, 64
 
 

@@ -101,8 +101,8 @@ def train_codec(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> tuple[FlowCodec | LearnedBaseline, list[dict[str, float]]]:
-    """Train a :class:`FlowCodec` (or, given a :class:`BaselineConfig`, a CompressAI baseline) on patches of ``images`` (uint8 (H, W[, 3]), each at least
-    ``patch`` on a side). With ``checkpoint``, resumes from it when it exists (same config and
+    """Train a :class:`FlowCodec` (or, given a :class:`BaselineConfig`, a CompressAI baseline) on
+    patches of ``images`` (uint8 (H, W[, 3]), each at least ``patch`` on a side). With ``checkpoint``, resumes from it when it exists (same config and
     settings) and writes it atomically every ``checkpoint_every`` steps and at the end.
     Returns the model (on the CPU, in eval mode) and the per-step history (bpp, mse, psnr, loss)."""
     config = config or CodecConfig()
