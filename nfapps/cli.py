@@ -288,7 +288,10 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
                        epilog="example: nfapps codec train --out codec.nfc --lmbda 0.01 --time-budget 1800")
     t.add_argument("--out", default="codec.nfc", help="the trained codec (default: codec.nfc); OUT.ckpt and OUT.json beside it")
     t.add_argument("--images", help="folder of training images (default: the bundled training photos)")
-    t.add_argument("--lmbda", type=float, default=0.01, help="distortion weight λ in R + λ·255²·MSE (default: 0.01)")
+    t.add_argument("--lmbda", type=float, default=0.01,
+                   help="distortion weight λ in R + λ·D (default: 0.01; CompressAI's scales: 0.0018–0.18 for MSE, 2.4–220 for MS-SSIM)")
+    t.add_argument("--distortion", choices=("mse", "ms-ssim"), default="mse",
+                   help="D: 255²·MSE (default) or 1 − MS-SSIM (needs --patch 192 or more)")
     t.add_argument("--entropy-model", choices=ENTROPY_MODELS, default=CodecConfig.entropy_model,
                    help=f"entropy model of the latents (default: {CodecConfig.entropy_model})")
     t.add_argument("--architecture", choices=("flow", *ARCHITECTURES), default="flow",
@@ -314,9 +317,11 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
         else:
             config = BaselineConfig(args.architecture)
         settings = TrainingSettings(lmbda=args.lmbda, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
-                                    seed=args.seed, time_budget_s=args.time_budget, lr_drop_at=args.lr_drop_at)
+                                    seed=args.seed, time_budget_s=args.time_budget, lr_drop_at=args.lr_drop_at,
+                                    distortion=args.distortion)
         summary = run_train(args.out, args.images, config, settings, device=args.device, progress=not args.quiet)
-        print(json.dumps({k: summary[k] for k in ("model", "identifier", "steps", "final_bpp", "final_psnr")}, indent=2))
+        keys = ("model", "identifier", "steps", "final_bpp", "final_psnr", "final_ms_ssim")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
         return 0
 
     t.set_defaults(run=train)

@@ -292,6 +292,46 @@ def test_the_learning_rate_drops_once_at_its_share_of_the_run_and_resumes_droppe
         TrainingSettings(lr_drop_at=0.0)
 
 
+def test_ms_ssim_of_rgb_and_grayscale_images():
+    from nfapps.codec import ms_ssim
+
+    image = load_photo("astronaut")[:200, :240]
+    noise = np.random.default_rng(0).normal(0, 8, image.shape)
+    noisy = np.clip(image + noise, 0, 255).astype(np.uint8)
+    noisier = np.clip(image + 3 * noise, 0, 255).astype(np.uint8)
+    assert ms_ssim(image, image) == pytest.approx(1.0)
+    assert 0 < ms_ssim(image, noisier) < ms_ssim(image, noisy) < 1
+    gray = load_photo("camera")[:200, :200]
+    assert 0 < ms_ssim(gray, np.clip(gray + noise[:, :200, 0], 0, 255).astype(np.uint8)) < 1
+    assert np.isnan(ms_ssim(image[:160], image[:160]))  # too small for five scales
+
+
+def test_ms_ssim_distortion_trains_and_checks_its_patch_size(tmp_path):
+    from nfapps.codec.train import distortion
+
+    x = patch_batch([load_photo("china")], 2, 176, 0, 0)
+    noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert distortion(x, x, "ms-ssim").item() == pytest.approx(0.0, abs=1e-6)
+    assert 0 < distortion(noisy, x, "ms-ssim").item() < distortion(4 * noisy - 3 * x, x, "ms-ssim").item() < 1
+    assert distortion(noisy, x, "mse").item() == pytest.approx(255.0**2 * (noisy - x).square().mean().item())
+    with pytest.raises(ValueError, match="patches larger than 160 pixels.*--patch 192"):
+        TrainingSettings(distortion="ms-ssim", patch=64)
+    with pytest.raises(ValueError, match="distortion must be one of mse, ms-ssim"):
+        TrainingSettings(distortion="ssim")
+
+    photos = [load_photo(n)[:256, :256] for n in ("china", "flower")]
+    settings = TrainingSettings(lmbda=30.0, steps=12, batch=2, patch=176, lr=5e-3, seed=0, distortion="ms-ssim")
+    torch.manual_seed(0)
+    _, history = train_codec(photos, TINY, settings, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
+    scores = [h["ms_ssim"] for h in history]
+    assert all(0 < s <= 1 for s in scores)
+    assert history[-1]["loss"] == pytest.approx(history[-1]["bpp"] + 30.0 * (1 - scores[-1]), rel=1e-5)
+    assert np.mean([h["loss"] for h in history[-3:]]) < np.mean([h["loss"] for h in history[:3]])
+    with pytest.raises(ValueError, match="another codec, λ or distortion"):  # the same checkpoint with MSE
+        train_codec(photos, TINY, TrainingSettings(lmbda=30.0, steps=13, batch=2, patch=176, seed=0),
+                    checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False)
+
+
 def test_patches_depend_only_on_seed_and_step(photos):
     assert torch.equal(patch_batch(photos, 3, 32, 1, 7), patch_batch(photos, 3, 32, 1, 7))
     assert not torch.equal(patch_batch(photos, 3, 32, 1, 7), patch_batch(photos, 3, 32, 1, 8))
@@ -334,11 +374,14 @@ def test_cli_train_and_evaluate_on_a_folder(tmp_path, capsys, photos):
     assert main(baseline) == 2  # its sides must be multiples of 64: a one-line error, not a shape mismatch deep inside
     err = capsys.readouterr().err
     assert "multiples of 64" in err and "--patch 64" in err and err.count("\n") == 1
-    capsys.readouterr()
+    assert main([*args[:2], "--distortion", "ms-ssim", *args[2:]]) == 2  # MS-SSIM on 32-pixel patches
+    err = capsys.readouterr().err
+    assert "larger than 160 pixels" in err and err.count("\n") == 1
     assert main(["codec", "evaluate", "--model", str(tmp_path / "c.nfc"), "--images", str(folder), "--out",
                  str(tmp_path / "e.json"), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "e.json").read_text())
     assert len(summary["images"]) == 3 and all(r["bpp"] > 0 for r in summary["images"])
+    assert summary["mean_ms_ssim"] is None and all(r["ms_ssim"] is None for r in summary["images"])  # 64²: too small
 
 
 def test_the_file_costs_about_the_models_own_rate(trained, held_out):

@@ -106,15 +106,6 @@ def rate_of(data: bytes, pixels: np.ndarray) -> float:
     return 8 * len(data) / (pixels.shape[0] * pixels.shape[1])
 
 
-def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
-    from pytorch_msssim import ms_ssim as _ms_ssim
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None]
-
-    return float(_ms_ssim(t(reference), t(decoded), data_range=255.0, size_average=True))
-
-
 def interpolate_psnr(points: list[tuple[float, float]], rate: float) -> float:
     """PSNR at ``rate`` from (bpp, PSNR) points, linear in log rate; NaN outside their range."""
     points = sorted(points)
@@ -157,18 +148,14 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
 
 
 def sweep(name: str, codec: dict[str, Any], photos: dict[str, np.ndarray],
-          extra: Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per image, the (bpp, PSNR, times, and ``extra``'s entries) of every setting."""
+          extra: Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]] | None) -> dict[str, list[dict[str, Any]]]:
+    """Per image, the bpp, PSNR, MS-SSIM, times (and ``extra``'s entries) of every setting."""
     out = {}
     for image, pixels in photos.items():
         out[image] = [{"setting": setting, **measure(lambda p, s=setting: codec["encode"](p, s), codec["decode"], pixels, extra)}
                       for setting in codec["settings"]]
         logger.info("%s %s: %d settings", name, image, len(out[image]))
     return out
-
-
-def ms_ssim_entry(pixels: np.ndarray, data: bytes, decoded: np.ndarray) -> dict[str, float]:
-    return {"ms_ssim": ms_ssim(pixels, decoded)}
 
 
 def recompress(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.ndarray], pixels: np.ndarray,
@@ -237,7 +224,7 @@ def training_record(models: dict[float, ImageCodec], args: argparse.Namespace, k
 # -- the run ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.04, 0.1, 1.2],
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.04, 0.1, 0.3, 1.2],
                         help="rate points of the flow codec: one model per λ (the last for near-lossless)")
     parser.add_argument("--baseline-lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.04],
                         help="rate points of the CompressAI baseline")
@@ -276,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     def learned_entries(model_of: Callable[[bytes], ImageCodec]) -> Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]]:
         def entries(pixels: np.ndarray, data: bytes, decoded: np.ndarray) -> dict[str, Any]:
             codec = model_of(data)
-            return ms_ssim_entry(pixels, data, decoded) | {"estimated_bpp": codec.estimated_bpp(data), "settled": codec.last_settled}
+            return {"estimated_bpp": codec.estimated_bpp(data), "settled": codec.last_settled}
         return entries
 
-    results = {name: sweep(name, codec, photos, learned_entries(codec["model_of"]) if name in learned else ms_ssim_entry)
+    results = {name: sweep(name, codec, photos, learned_entries(codec["model_of"]) if name in learned else None)
                for name, codec in codecs.items()}
 
     def points(codec: str, image: str) -> list[tuple[float, float]]:

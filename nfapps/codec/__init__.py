@@ -10,9 +10,9 @@ quantized latent, CompressAI entropy models and real bitstreams.
 
 from .bitstream import BitstreamError
 from .codec import ImageCodec
-from .images import ImageError, psnr, read_image, write_image
+from .images import ImageError, ms_ssim, psnr, read_image, write_image
 from .model import CodecConfig, FlowCodec
 from .train import TrainingSettings, train_codec
 
-__all__ = ["BitstreamError", "CodecConfig", "FlowCodec", "ImageCodec", "ImageError", "TrainingSettings", "psnr",
+__all__ = ["BitstreamError", "CodecConfig", "FlowCodec", "ImageCodec", "ImageError", "TrainingSettings", "ms_ssim", "psnr",
            "read_image", "train_codec", "write_image"]

@@ -96,3 +96,22 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
     """Peak signal-to-noise ratio 10·log₁₀(255²/MSE) in dB (inf for identical images)."""
     mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+#: MS-SSIM needs images whose smaller side exceeds this (four 2× downsamplings of an 11-pixel window).
+MS_SSIM_MIN_SIDE = 160
+
+
+def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """Multi-scale SSIM (Wang et al. 2003) of two uint8 images, RGB or grayscale: pytorch_msssim's
+    five scales and weights, 11-pixel Gaussian window, data range 255, averaged over channels.
+    1 for identical images; NaN when the smaller side is MS_SSIM_MIN_SIDE pixels or less."""
+    if min(reference.shape[:2]) <= MS_SSIM_MIN_SIDE:
+        return math.nan
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    def as_batch(pixels: np.ndarray) -> Tensor:
+        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+        return torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)[None]
+
+    return float(_ms_ssim(as_batch(reference), as_batch(decoded), data_range=255.0, size_average=True))

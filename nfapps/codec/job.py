@@ -15,7 +15,7 @@ import numpy as np
 
 from ..outputs import write_json
 from .codec import ImageCodec
-from .images import IMAGE_SUFFIXES, ImageError, psnr, read_image
+from .images import IMAGE_SUFFIXES, ImageError, ms_ssim, psnr, read_image
 from .baseline import BaselineConfig
 from .model import CodecConfig
 from .photos import EVALUATION, TRAINING, load_photos
@@ -52,6 +52,8 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
     summary = {"model": str(out), "identifier": codec.identifier.hex(), "training_images": sorted(photos),
                "steps": len(history), "final_bpp": float(np.mean([h["bpp"] for h in tail])) if tail else math.nan,
                "final_psnr": float(np.mean([h["psnr"] for h in tail])) if tail else math.nan,
+               **({"final_ms_ssim": float(np.mean([h["ms_ssim"] for h in tail]))} if tail and "ms_ssim" in tail[0] else {}),
+               "distortion": settings.distortion if settings else "mse",
                "config": asdict(model.config), "history": history}
     write_json(out.with_suffix(out.suffix + ".json"), summary)
     return {k: v for k, v in summary.items() if k != "history"}
@@ -59,8 +61,9 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
 
 def measure(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.ndarray], pixels: np.ndarray,
             extra: Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One image through any codec: bytes, bits per pixel of the file, PSNR, encode and decode
-    seconds per megapixel, and ``extra(pixels, data, decoded)``'s entries."""
+    """One image through any codec: bytes, bits per pixel of the file, PSNR, MS-SSIM (NaN for
+    images too small for it), encode and decode seconds per megapixel, and
+    ``extra(pixels, data, decoded)``'s entries."""
     start = time.perf_counter()
     data = encode(pixels)
     encode_s = time.perf_counter() - start
@@ -69,6 +72,7 @@ def measure(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.
     decode_s = time.perf_counter() - start
     megapixels = pixels.shape[0] * pixels.shape[1] / 1e6
     row = {"bytes": len(data), "bpp": 8 * len(data) / (megapixels * 1e6), "psnr": psnr(pixels, decoded),
+           "ms_ssim": ms_ssim(pixels, decoded),
            "encode_s_per_mp": encode_s / megapixels, "decode_s_per_mp": decode_s / megapixels}
     return row | (extra(pixels, data, decoded) if extra else {})
 
@@ -88,6 +92,7 @@ def run_evaluate(model: str | os.PathLike, out: str | os.PathLike, images: str |
     codec = ImageCodec.load(model, device)
     rows = evaluate(codec, read_folder(images, EVALUATION))
     summary = {"model": str(model), "identifier": codec.identifier.hex(), "device": str(codec.device), "images": rows,
-               "mean_bpp": float(np.mean([r["bpp"] for r in rows])), "mean_psnr": float(np.mean([r["psnr"] for r in rows]))}
+               "mean_bpp": float(np.mean([r["bpp"] for r in rows])), "mean_psnr": float(np.mean([r["psnr"] for r in rows])),
+               "mean_ms_ssim": float(np.mean([r["ms_ssim"] for r in rows]))}  # NaN (null) when an image is too small
     write_json(out, summary)
     return summary
