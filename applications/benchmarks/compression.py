@@ -224,7 +224,7 @@ def training_record(models: dict[float, ImageCodec], args: argparse.Namespace, k
 # -- the run ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.04, 0.1, 0.3, 1.2],
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.02, 0.04, 0.1, 0.3, 1.2],
                         help="rate points of the flow codec: one model per λ (the last for near-lossless)")
     parser.add_argument("--baseline-lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.04],
                         help="rate points of the CompressAI baseline")
