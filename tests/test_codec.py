@@ -202,6 +202,14 @@ def test_decoded_images_survive_recompression(trained, held_out):
     unsettled_first = psnr(held_out, generations[0])
     assert psnr(held_out, first) >= min(psnr(held_out, g) for g in generations) - 0.05
     assert unsettled_first - psnr(held_out, first) < 1.0, (unsettled_first, psnr(held_out, first))
+    # an encoder that finds no fixed point in its rounds codes its input's own latents, not the
+    # last round's (each round only drifts further from the input)
+    impatient = ImageCodec(codec.model, settle=1)
+    latents = impatient.latents(held_out)
+    assert impatient.last_settled is False
+    own = codec.model.quantized_latents(to_tensor(held_out, codec.model.multiple))
+    assert all(torch.equal(a, b) for a, b in zip(latents, own))
+    np.testing.assert_array_equal(impatient.decode(impatient.encode(held_out)), generations[0])
 
 
 def test_corrupt_files_give_one_line_errors(trained, held_out):
