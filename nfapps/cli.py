@@ -275,6 +275,7 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
 def _add_codec(commands: argparse._SubParsersAction) -> None:
     from .codec.baseline import ARCHITECTURES, BaselineConfig  # torch only; CompressAI loads when a model is built
     from .codec.model import ENTROPY_MODELS, CodecConfig
+    from .codec.train import DISTORTIONS, TrainingSettings
 
     p = commands.add_parser(
         "codec",
@@ -290,7 +291,7 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--images", help="folder of training images (default: the bundled training photos)")
     t.add_argument("--lmbda", type=float, default=0.01,
                    help="distortion weight λ in R + λ·D (default: 0.01; CompressAI's scales: 0.0018–0.18 for MSE, 2.4–220 for MS-SSIM)")
-    t.add_argument("--distortion", choices=("mse", "ms-ssim"), default="mse",
+    t.add_argument("--distortion", choices=DISTORTIONS, default=TrainingSettings.distortion,
                    help="D: 255²·MSE (default) or 1 − MS-SSIM (needs --patch 192 or more)")
     t.add_argument("--entropy-model", choices=ENTROPY_MODELS, default=CodecConfig.entropy_model,
                    help=f"entropy model of the latents (default: {CodecConfig.entropy_model})")
@@ -303,14 +304,13 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--patch", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--lr-drop-at", type=float, default=0.85,
+    t.add_argument("--lr-drop-at", type=float, default=TrainingSettings.lr_drop_at,
                    help="share of the run (of --time-budget if given, else of --steps) after which the learning rate drops 10× (default: 0.85)")
     t.add_argument("--time-budget", type=float, default=math.inf, help="stop after this many seconds of training")
     t.add_argument("--seed", type=int, default=0)
 
     def train(args: argparse.Namespace) -> int:
         from .codec.job import run_train
-        from .codec.train import TrainingSettings
 
         if args.architecture == "flow":
             config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden, entropy_model=args.entropy_model)

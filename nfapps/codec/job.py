@@ -41,7 +41,7 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
               settings: TrainingSettings | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train a codec and write it to ``out`` (plus ``out``.ckpt, resumed when it exists, and
     ``out``.json with the training curve)."""
-    out = Path(out)
+    out, settings = Path(out), settings or TrainingSettings()
     out.parent.mkdir(parents=True, exist_ok=True)
     photos = read_folder(images, TRAINING)
     model, history = train_codec(list(photos.values()), config, settings, checkpoint=out.with_suffix(out.suffix + ".ckpt"),
@@ -53,7 +53,7 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
                "steps": len(history), "final_bpp": float(np.mean([h["bpp"] for h in tail])) if tail else math.nan,
                "final_psnr": float(np.mean([h["psnr"] for h in tail])) if tail else math.nan,
                **({"final_ms_ssim": float(np.mean([h["ms_ssim"] for h in tail]))} if tail and "ms_ssim" in tail[0] else {}),
-               "distortion": settings.distortion if settings else "mse",
+               "distortion": settings.distortion,
                "config": asdict(model.config), "history": history}
     write_json(out.with_suffix(out.suffix + ".json"), summary)
     return {k: v for k, v in summary.items() if k != "history"}

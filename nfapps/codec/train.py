@@ -202,7 +202,7 @@ def train_codec(
         aux = model.aux_loss()
         aux.backward()
         aux_opt.step()
-        mse = distorted.item() / 255.0**2 if settings.distortion == "mse" else (out["x_hat"].detach() - x).square().mean().item()
+        mse = (out["x_hat"].detach() - x).square().mean().item()
         psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
         history.append({"step": step, "loss": loss.item(), "bpp": bpp.item(), "mse": mse, "psnr": psnr}
                        | ({"ms_ssim": 1.0 - distorted.item()} if settings.distortion == "ms-ssim" else {}))
