@@ -14,9 +14,11 @@ from nfapps.cli import main
 from nfapps.codec import BitstreamError, CodecConfig, FlowCodec, ImageCodec, ImageError, TrainingSettings, psnr, train_codec
 from nfapps.codec import backend
 from nfapps.codec.baseline import BaselineConfig, LearnedBaseline
-from nfapps.codec.images import read_image, to_tensor, write_image
+from nfapps.codec.codec import DEFAULT_REFINE
+from nfapps.codec.images import read_image, to_pixels, to_tensor, write_image
 from nfapps.codec.latent_flow import LatentFlow
 from nfapps.codec.photos import EVALUATION, TRAINING, load_photo
+from nfapps.codec.refine import refine_latents
 from nfapps.codec.train import patch_batch
 
 from conftest import perturb
@@ -212,6 +214,68 @@ def test_decoded_images_survive_recompression(trained, held_out):
     np.testing.assert_array_equal(impatient.decode(impatient.encode(held_out)), generations[0])
 
 
+@pytest.mark.parametrize("entropy_model", ["factorized", "hyperprior", "conditional"])
+def test_the_coders_differentiable_code_length_is_its_estimate(entropy_model, held_out):
+    config = CodecConfig(levels=2, steps=1, hidden=8, entropy_model=entropy_model, hyper_channels=8, initial_gain=4.0)
+    model = FlowCodec(config)
+    x = to_tensor(held_out, model.multiple)
+    model(x)
+    perturb(model.flow, 0.02)
+    model.update()
+    values = [v.detach().requires_grad_(True) for v in model.analysis(x)]
+    latents, bits, x_hat = model.code(values)
+    natural = model.quantized_latents(x)
+    assert all(torch.equal(a, b) for a, b in zip(latents, natural))
+    assert bits.item() == pytest.approx(model.estimated_bits(natural), rel=1e-5)
+    assert torch.allclose(x_hat, model.synthesis(natural), atol=1e-6)
+    (bits + x_hat.square().sum()).backward()  # straight-through: every latent gets a gradient
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0 for v in values)
+
+
+def test_refined_latents_lower_the_objective_exactly_and_keep_decodes_stable(trained, held_out, tmp_path):
+    codec, _ = trained
+    model, objective = codec.model, FAST.objective
+    x = to_tensor(held_out, model.multiple)
+    latents, record = refine_latents(model, x, held_out, objective, iterations=20)
+    area = held_out.shape[0] * held_out.shape[1]
+    natural = model.quantized_latents(x)
+    # iteration 0 is the natural rounding, and every figure is the exact J of the latents kept
+    assert record["start_bpp"] == pytest.approx(model.estimated_bits(natural) / area, rel=1e-5)
+    assert record["best_bpp"] == pytest.approx(model.estimated_bits(latents) / area, rel=1e-5)
+    decoded = to_pixels(model.synthesis(latents), *held_out.shape[:2], 3)
+    assert record["best_d"] == pytest.approx(objective.of_pixels(held_out, decoded))
+    assert record["best_j"] == pytest.approx(record["best_bpp"] + objective.lmbda * record["best_d"])
+    assert record["best_j"] < record["start_j"] - 0.01, record
+    # through ImageCodec (at a rate where encodes settle): the file holds refined latents, its real
+    # J (file size, 8-bit decode) beats plain rounding's, it decodes as reconstruct() says, and the
+    # decoded image re-encodes to the same file (coded by its own latents, not refined again)
+    coarser = model.with_quantization_step(2.0)
+    refining, plain = ImageCodec(coarser, objective=objective), ImageCodec(coarser)
+    assert refining.refine == DEFAULT_REFINE and plain.refine == 0
+    data = refining.encode(held_out)
+    assert refining.last_settled and refining.last_refinement["best_j"] < refining.last_refinement["start_j"]
+    first = refining.decode(data)
+    np.testing.assert_array_equal(first, refining.reconstruct(held_out))
+    plain_data = plain.encode(held_out)
+    j = [8 * len(d) / area + objective.lmbda * objective.of_pixels(held_out, p)
+         for d, p in ((data, first), (plain_data, plain.decode(plain_data)))]
+    assert j[0] < j[1], j
+    for _ in range(3):
+        assert refining.encode(first) == data and refining.last_refinement is None
+    # the objective travels with the saved codec; a codec saved without one does not refine
+    refining.save(tmp_path / "refining.nfc")
+    loaded = ImageCodec.load(tmp_path / "refining.nfc")
+    assert loaded.objective == objective and loaded.refine == DEFAULT_REFINE
+    assert loaded.encode(held_out) == data
+    assert ImageCodec.load(tmp_path / "refining.nfc", refine=0).encode(held_out) == plain_data
+    plain.save(tmp_path / "plain.nfc")
+    assert ImageCodec.load(tmp_path / "plain.nfc").refine == 0
+    with pytest.raises(ValueError, match="needs a flow codec and the objective"):
+        ImageCodec(model, refine=5)
+    with pytest.raises(ValueError, match="refine must be an integer"):
+        ImageCodec(model, objective=objective, refine=-1)
+
+
 def test_corrupt_files_give_one_line_errors(trained, held_out):
     codec, _ = trained
     data = codec.encode(held_out)
@@ -315,7 +379,7 @@ def test_ms_ssim_of_rgb_and_grayscale_images():
 
 
 def test_ms_ssim_distortion_trains_and_checks_its_patch_size(tmp_path):
-    from nfapps.codec.train import distortion
+    from nfapps.codec.distortion import distortion
 
     x = patch_batch([load_photo("china")], 2, 176, 0, 0)
     noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
@@ -365,6 +429,11 @@ def test_cli_compress_decompress_and_errors(trained, held_out, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "truncated" in err and err.count("\n") == 1
     assert not (tmp_path / "o.png").exists()
+    # this codec was saved without its training objective: it cannot refine its latents
+    assert main(["codec", "compress", "--refine", "5", "--model", str(tmp_path / "codec.nfc"), str(tmp_path / "in.png"),
+                 str(tmp_path / "r.nfic")]) == 2
+    err = capsys.readouterr().err
+    assert "objective" in err and err.count("\n") == 1 and not (tmp_path / "r.nfic").exists()
 
 
 def test_cli_train_and_evaluate_on_a_folder(tmp_path, capsys, photos):
@@ -390,6 +459,13 @@ def test_cli_train_and_evaluate_on_a_folder(tmp_path, capsys, photos):
     summary = json.loads((tmp_path / "e.json").read_text())
     assert len(summary["images"]) == 3 and all(r["bpp"] > 0 for r in summary["images"])
     assert summary["mean_ms_ssim"] is None and all(r["ms_ssim"] is None for r in summary["images"])  # 64²: too small
+    # `codec train` saves the objective, so the encoder refines by default; --refine 0 rounds
+    assert summary["refine"] == DEFAULT_REFINE
+    assert all(r["refinement"]["best_j"] <= r["refinement"]["start_j"] for r in summary["images"])
+    assert main(["codec", "evaluate", "--refine", "0", "--model", str(tmp_path / "c.nfc"), "--images", str(folder), "--out",
+                 str(tmp_path / "e0.json"), "--device", "cpu"]) == 0
+    rounded = json.loads((tmp_path / "e0.json").read_text())
+    assert rounded["refine"] == 0 and all(r["refinement"] is None for r in rounded["images"])
 
 
 def test_the_file_costs_about_the_models_own_rate(trained, held_out):

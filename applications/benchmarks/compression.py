@@ -5,8 +5,10 @@ For every λ of ``--lambdas`` a flow codec, and for every λ of ``--baseline-lam
 CompressAI baseline (``--baseline``, Ballé et al. 2018's scale hyperprior by default), is
 trained (``nfapps codec train``'s code: the same patches and loss R + λ·255²·MSE, resumed from
 ``--work`` when interrupted, reused when done) for at most ``--budget-minutes`` on the bundled
-training photos. One flow model (``--knob-lambda``) is also run with its quantization step
-varied (``--knob-steps``): the paper's one-model range of rates. Then, on the held-out
+training photos. The flow codecs' encoder optimises each image's latents for R + λ·D
+(``nfapps.codec.refine``); the same models are also run with plainly rounded latents. One flow
+model (``--knob-lambda``) is also run with its quantization step varied (``--knob-steps``, rounded
+latents): the paper's one-model range of rates. Then, on the held-out
 evaluation photos (astronaut, coffee, chelsea, motorcycle):
 
 - rate–distortion: real file sizes (bits per pixel) and PSNR / MS-SSIM of every codec, the
@@ -60,6 +62,9 @@ MATCHED_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 #: The name of the flow codec of one model (λ = ``--knob-lambda``) with its quantization step varied.
 KNOB = "flow, step knob"
+
+#: The name of the flow codec whose encoder rounds the latents (no rate–distortion refinement).
+ROUNDED = "flow, rounded latents"
 
 
 # -- classical codecs through Pillow -------------------------------------------------------------
@@ -255,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     learned = {"flow": learned_codecs("flow", args.lambdas, args)}
     if args.baseline != "none":
         learned[args.baseline] = learned_codecs(args.baseline, args.baseline_lambdas, args)
+    learned[ROUNDED] = {lmbda: ImageCodec(codec.model, args.device, refine=0) for lmbda, codec in learned["flow"].items()}
     if args.knob_lambda in learned["flow"] and args.entropy_model == "factorized":  # one model, its step as the knob
         knob_model = learned["flow"][args.knob_lambda].model
         learned[KNOB] = {step: ImageCodec(knob_model.with_quantization_step(step), args.device) for step in args.knob_steps}
@@ -289,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         target = min((r["bpp"] for r in results["flow"][image]), key=lambda b: abs(math.log(b)))
         recompression[image] = {}
         for name, codec in codecs.items():
-            if name == KNOB:
-                continue  # the same flow as "flow": its files settle the same way
+            if name in (KNOB, ROUNDED):
+                continue  # the same flow as "flow": a decoded image re-encodes the same way
             row = min(results[name][image], key=lambda r: abs(math.log(r["bpp"]) - math.log(target)))
             psnrs, final = recompress(lambda p, s=row["setting"], c=codec: c["encode"](p, s), codec["decode"], pixels, args.cycles)
             recompression[image][name] = {"setting": row["setting"], "bpp": row["bpp"], "psnr": psnrs}
@@ -320,7 +326,7 @@ def _plot(results, loss, photos, path: Path) -> None:
     for index, (codec, per_image) in enumerate(results.items()):
         learned = "estimated_bpp" in per_image[next(iter(photos))][0]
         style = {"marker": "o" if learned else ".", "lw": 2.5 if codec == "flow" else 1.5 if learned else 1, "label": codec,
-                 "ls": "--" if codec == KNOB else "-", "color": f"C{index % 10}"}
+                 "ls": "--" if codec in (KNOB, ROUNDED) else "-", "color": f"C{index % 10}"}
         bpp = np.mean([[r["bpp"] for r in per_image[im]] for im in photos], axis=0)
         order = np.argsort(bpp)
         rd.plot(bpp[order], np.mean([[r["psnr"] for r in per_image[im]] for im in photos], axis=0)[order], **style)

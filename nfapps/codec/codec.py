@@ -20,15 +20,20 @@ from ..atomic import FlowFileError, dump, load_container, write_bytes_atomic
 from ..device import resolve_device
 from . import bitstream
 from .bitstream import BitstreamError, Header
-from .images import check_pixels, read_image, to_pixels, to_tensor, write_image
+from .distortion import Objective
+from .images import MS_SSIM_MIN_SIDE, check_pixels, read_image, to_pixels, to_tensor, write_image
 from .baseline import BaselineConfig, LearnedBaseline
 from .model import DERIVED_BUFFERS, CodecConfig, FlowCodec, learned_state
+from .refine import refine_latents
 
 logger = logging.getLogger(__name__)
 
 
 #: Settling rounds of the flow codec's encoder (see ImageCodec).
 DEFAULT_SETTLE = 8
+
+#: Adam steps of the flow codec's encoder-side rate–distortion optimisation (see ImageCodec).
+DEFAULT_REFINE = 30
 
 
 class ImageCodec:
@@ -45,32 +50,55 @@ class ImageCodec:
     default for a :class:`~nfapps.codec.baseline.LearnedBaseline`. Where no fixed point comes
     within ``settle`` rounds (high rates, whose step is finer than the 8-bit rounding: each round
     then only diffuses the image, ≈ 0.03 dB per round at λ = 1.2), the encoder codes the latents
-    of its input itself, so that a decode → encode cycle costs one such step, not ``settle``.
+    it started from, so that a decode → encode cycle costs one such step, not ``settle``.
+
+    Rate–distortion optimised latents (``refine``): before settling, the encoder of a flow codec
+    that knows its training ``objective`` (R + λ·D, saved with the codec) spends up to ``refine``
+    Adam steps choosing the latents that minimise it for this image (:mod:`~nfapps.codec.refine`),
+    keeping the natural rounding unless an iterate beats it. An image that this model's decoder
+    produced (its natural latents decode back to it exactly) is coded by those latents, untouched:
+    re-compressing a decoded image stays lossless. ``refine=0`` turns it off.
     """
 
-    def __init__(self, model: FlowCodec | LearnedBaseline, device: str | torch.device = "cpu", settle: int | None = None) -> None:
+    def __init__(self, model: FlowCodec | LearnedBaseline, device: str | torch.device = "cpu", settle: int | None = None,
+                 objective: Objective | None = None, refine: int | None = None) -> None:
+        flow = isinstance(model, FlowCodec)
         if settle is None:  # an autoencoder's decoder is no inverse of its encoder: nothing to settle
-            settle = DEFAULT_SETTLE if isinstance(model, FlowCodec) else 0
-        if not isinstance(settle, int) or settle < 0:
-            raise ValueError(f"settle must be an integer ≥ 0, got {settle!r}")
+            settle = DEFAULT_SETTLE if flow else 0
+        if refine is None:
+            refine = DEFAULT_REFINE if flow and objective is not None else 0
+        for name, value in (("settle", settle), ("refine", refine)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer ≥ 0, got {value!r}")
+        if refine and not (flow and objective is not None):
+            raise ValueError("refining latents needs a flow codec and the objective R + λ·D it was trained for")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.model.update()
         self.settle = settle
+        self.objective = objective
+        self.refine = refine
         self.last_settled: bool | None = None  # whether the latest encode reached a fixed point
+        self.last_refinement: dict[str, float] | None = None  # J before and after the latest encode's refinement
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the codec (configuration and parameters) atomically."""
-        dump({"config": asdict(self.model.config), "state": learned_state(self.model)}, path, "codec")
+        objective = asdict(self.objective) if self.objective is not None else None
+        dump({"config": asdict(self.model.config), "state": learned_state(self.model), "objective": objective}, path, "codec")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ImageCodec":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", refine: int | None = None) -> "ImageCodec":
         """A codec written by :meth:`save` (or ``nfapps codec train``)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"codec file {path} does not exist; train one with `nfapps codec train`")
         payload = load_container(path, "codec")
-        return cls(model_from_payload(payload, path), device)
+        model = model_from_payload(payload, path)
+        try:
+            objective = Objective(**payload["objective"]) if payload.get("objective") else None
+        except (TypeError, ValueError) as error:
+            raise FlowFileError(f"{path} holds no valid training objective ({error}); re-train it") from None
+        return cls(model, device, objective=objective, refine=refine)
 
     # -- coding --------------------------------------------------------------------------------
     @property
@@ -112,10 +140,18 @@ class ImageCodec:
             raise BitstreamError(f"{source} could not be entropy-decoded ({error}); it is damaged") from None
 
     def latents(self, pixels: np.ndarray) -> list[torch.Tensor]:
-        """The quantized latents :meth:`encode` codes for ``pixels``: settled (see the class)."""
+        """The quantized latents :meth:`encode` codes for ``pixels``: refined, then settled (see the class)."""
         pixels = check_pixels(pixels)
-        first = latents = self.model.quantized_latents(to_tensor(pixels, self.model.multiple).to(self.device))
-        self.last_settled = None
+        x = to_tensor(pixels, self.model.multiple).to(self.device)
+        first = latents = self.model.quantized_latents(x)
+        self.last_settled = self.last_refinement = None
+        if self.refine and self._refinable(pixels):
+            if np.array_equal(self._pixels(latents, pixels), pixels):  # a decode of this model: its latents reproduce it
+                self.last_settled = True if self.settle else None
+                return latents
+            with torch.enable_grad():
+                first, self.last_refinement = refine_latents(self.model, x, pixels, self.objective, self.refine)
+            latents = first
         for _ in range(self.settle):
             saved = self._pixels(latents, pixels)
             again = self.model.quantized_latents(to_tensor(saved, self.model.multiple).to(self.device))
@@ -124,7 +160,11 @@ class ImageCodec:
                 return latents
             latents = again
         self.last_settled = False if self.settle else None
-        return first  # no fixed point: the input's own latents (the rounds only drifted from them)
+        return first  # no fixed point: the latents it started from (the rounds only drifted from them)
+
+    def _refinable(self, pixels: np.ndarray) -> bool:
+        """MS-SSIM, the one distortion with a minimum size, cannot be measured on small images."""
+        return self.objective.distortion != "ms-ssim" or min(pixels.shape[:2]) > MS_SSIM_MIN_SIDE
 
     def _pixels(self, latents: list[torch.Tensor], like: np.ndarray) -> np.ndarray:
         return to_pixels(self.model.synthesis(latents), *like.shape[:2], 1 if like.ndim == 2 else 3)

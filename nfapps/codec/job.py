@@ -46,7 +46,7 @@ def run_train(out: str | os.PathLike, images: str | None = None, config: CodecCo
     photos = read_folder(images, TRAINING)
     model, history = train_codec(list(photos.values()), config, settings, checkpoint=out.with_suffix(out.suffix + ".ckpt"),
                                  device=device, progress=progress)
-    codec = ImageCodec(model)
+    codec = ImageCodec(model, objective=settings.objective)
     codec.save(out)
     tail = history[-100:]
     summary = {"model": str(out), "identifier": codec.identifier.hex(), "training_images": sorted(photos),
@@ -79,19 +79,23 @@ def measure(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.
 
 def evaluate(codec: ImageCodec, photos: dict[str, np.ndarray],
              extra: Callable[[np.ndarray, bytes, np.ndarray], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Per image: :func:`measure` with the flow codec, and whether its encoding settled."""
+    """Per image: :func:`measure` with the flow codec, whether its encoding settled and what its
+    latent refinement did (J before and after; None when it did not refine)."""
     rows = []
     for name, pixels in photos.items():
         row = measure(codec.encode, codec.decode, pixels, extra)
-        rows.append({"image": name, "height": pixels.shape[0], "width": pixels.shape[1], **row, "settled": codec.last_settled})
+        rows.append({"image": name, "height": pixels.shape[0], "width": pixels.shape[1], **row, "settled": codec.last_settled,
+                     "refinement": codec.last_refinement})
     return rows
 
 
-def run_evaluate(model: str | os.PathLike, out: str | os.PathLike, images: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a saved codec on a folder (default: the bundled evaluation photos); writes ``out`` (JSON)."""
-    codec = ImageCodec.load(model, device)
+def run_evaluate(model: str | os.PathLike, out: str | os.PathLike, images: str | None = None, device: str = "auto",
+                 refine: int | None = None) -> dict[str, Any]:
+    """Evaluate a saved codec on a folder (default: the bundled evaluation photos); writes ``out``
+    (JSON). ``refine``: the encoder's latent optimisation steps (None: the codec's default)."""
+    codec = ImageCodec.load(model, device, refine=refine)
     rows = evaluate(codec, read_folder(images, EVALUATION))
-    summary = {"model": str(model), "identifier": codec.identifier.hex(), "device": str(codec.device), "images": rows,
+    summary = {"model": str(model), "identifier": codec.identifier.hex(), "device": str(codec.device), "refine": codec.refine, "images": rows,
                "mean_bpp": float(np.mean([r["bpp"] for r in rows])), "mean_psnr": float(np.mean([r["psnr"] for r in rows])),
                "mean_ms_ssim": float(np.mean([r["ms_ssim"] for r in rows]))}  # NaN (null) when an image is too small
     write_json(out, summary)

@@ -82,6 +82,24 @@ def _ste_round(y: Tensor, quantized: Tensor) -> Tensor:
     return y + (quantized - y).detach()
 
 
+def bottleneck_bits(bottleneck: nn.Module, y_hat: Tensor) -> Tensor:
+    """−Σ log₂ p(ŷ) of quantized values (B, C, …) under an ``EntropyBottleneck``, differentiable
+    in ŷ (its forward re-rounds, whose gradient is zero)."""
+    values = y_hat.transpose(0, 1).reshape(y_hat.shape[1], 1, -1)
+    likelihood, _, _ = bottleneck._likelihood(values)
+    if bottleneck.use_likelihood_bound:
+        likelihood = bottleneck.likelihood_lower_bound(likelihood)
+    return -likelihood.log2().sum()
+
+
+def gaussian_bits(conditional: nn.Module, y_hat: Tensor, scales: Tensor, means: Tensor | None = None) -> Tensor:
+    """−Σ log₂ p(ŷ) of quantized values under a ``GaussianConditional`` N(μ, σ²) ∗ U(−½, ½), differentiable in ŷ."""
+    likelihood = conditional._likelihood(y_hat, scales, means=means)
+    if conditional.use_likelihood_bound:
+        likelihood = conditional.likelihood_lower_bound(likelihood)
+    return -likelihood.log2().sum()
+
+
 class _Hyperprior(nn.Module):
     """Scale hyperprior for one latent: z = h_a(y) (stride 2), σ = h_s(ẑ)."""
 
@@ -115,11 +133,12 @@ class _Hyperprior(nn.Module):
     def quantize(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         return torch.round(y)
 
-    def estimated_bits(self, y_hat: Tensor, context: Tensor | None = None) -> float:
-        """−Σ log₂ p of quantized latents and their side information: what the coder should spend."""
-        z_hat, z_likelihood = self.side(self.analysis(y_hat), training=False)
-        _, y_likelihood = self.conditional(y_hat, self.scales(z_hat), training=False)
-        return float(-(y_likelihood.log2().sum() + z_likelihood.log2().sum()))
+    def bits(self, y_hat: Tensor, context: Tensor | None = None) -> Tensor:
+        """−Σ log₂ p of quantized latents and of their side information ẑ = Q(h_a(ŷ)) (rounded
+        straight-through): what the coder spends, differentiable in ŷ."""
+        z = self.analysis(y_hat)
+        z_hat = _ste_round(z, round_around(z, bottleneck_medians(self.side)))
+        return bottleneck_bits(self.side, z_hat) + gaussian_bits(self.conditional, y_hat, self.scales(z_hat))
 
     def compress(self, y: Tensor, context: Tensor | None = None) -> list[bytes]:
         z = self.analysis(y)
@@ -155,10 +174,9 @@ class _Factorized(nn.Module):
         _, likelihood = self.bottleneck(y)
         return self.quantize(y), likelihood, None
 
-    def estimated_bits(self, y_hat: Tensor, context: Tensor | None = None) -> float:
-        """−Σ log₂ p of quantized latents: what the coder should spend."""
-        _, likelihood = self.bottleneck(y_hat, training=False)
-        return float(-likelihood.log2().sum())
+    def bits(self, y_hat: Tensor, context: Tensor | None = None) -> Tensor:
+        """−Σ log₂ p of quantized latents: what the coder spends, differentiable in ŷ."""
+        return bottleneck_bits(self.bottleneck, y_hat)
 
     def compress(self, y: Tensor, context: Tensor | None = None) -> list[bytes]:
         return self.bottleneck.compress(y)
@@ -201,10 +219,10 @@ class _SplitPrior(nn.Module):
         _, likelihood = self.conditional(y, scales, means=means)
         return round_around(y, means), likelihood, None
 
-    def estimated_bits(self, y_hat: Tensor, context: Tensor) -> float:
+    def bits(self, y_hat: Tensor, context: Tensor) -> Tensor:
+        """−Σ log₂ p of quantized latents given the context: what the coder spends, differentiable in ŷ."""
         means, scales = self.prior(context)
-        _, likelihood = self.conditional(y_hat, scales, means=means, training=False)
-        return float(-likelihood.log2().sum())
+        return gaussian_bits(self.conditional, y_hat, scales, means)
 
     def compress(self, y: Tensor, context: Tensor) -> list[bytes]:
         means, scales = self.prior(context)
@@ -368,11 +386,28 @@ class FlowCodec(nn.Module):
 
         def code(level: int, context: Tensor | None) -> Tensor:
             nonlocal bits
-            bits += self.entropy[level].estimated_bits(latents[level], context)
+            bits += float(self.entropy[level].bits(latents[level], context))
             return latents[level]
 
         self._descend(code)
         return bits
+
+    def code(self, values: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """What the coder makes of continuous latents v_l (e.g. :meth:`analysis`): the quantized
+        latents ŷ_l = Q(v_l), their code length −Σ log₂ p(ŷ) in bits and the decoded image
+        f⁻¹(ŷ / g) — all exact, with straight-through gradients to v (the encoder's
+        rate–distortion optimisation, :mod:`~nfapps.codec.refine`)."""
+        bits = values[0].new_zeros(())
+
+        def code(level: int, context: Tensor | None) -> Tensor:
+            nonlocal bits
+            model = self.entropy[level]
+            y_hat = _ste_round(values[level], model.quantize(values[level], context))
+            bits = bits + model.bits(y_hat, context)
+            return y_hat
+
+        latents, x_hat = self._descend(code, image=True)
+        return latents, bits, x_hat
 
     def identifier(self) -> bytes:
         """8 bytes that name this model (:func:`model_identifier`)."""

@@ -1,8 +1,7 @@
 """Training a flow codec on image patches: loss R + λ·D, checkpoints that resume.
 
-R is the rate proxy in bits per pixel; the distortion D is 255²·MSE (pixel values in [0, 1]) or
-1 − MS-SSIM, CompressAI's two conventions, so its λ values carry over (its
-pretrained qualities 1–8 used MSE: 0.0018–0.18, MS-SSIM: 2.40–220).
+R is the rate proxy in bits per pixel; the distortion D is 255²·MSE or 1 − MS-SSIM
+(:mod:`~nfapps.codec.distortion`).
 
 Batch k draws its patches (random crops, flips) and the rate proxy's uniform noise with
 generators seeded by (seed, k), so an
@@ -27,6 +26,7 @@ from ..atomic import dump, load_container
 from ..device import resolve_device
 from .baseline import BaselineConfig, LearnedBaseline
 from .codec import build_model
+from .distortion import Objective, distortion
 from .images import MS_SSIM_MIN_SIDE
 from .model import CodecConfig, FlowCodec, fit_entropy_quantiles, learned_state
 
@@ -39,16 +39,13 @@ GAIN_LR_FACTOR = 10.0
 #: The learning rates' factor at TrainingSettings.lr_drop_at.
 LR_DROP_FACTOR = 0.1
 
-#: What the distortion D in R + λ·D measures.
-DISTORTIONS = ("mse", "ms-ssim")
-
 #: The batch counter of ActNorm's initialisation batch (no training step uses it).
 INIT_BATCH_STEP = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    lmbda: float = 0.01  # distortion weight λ in R + λ·D (CompressAI's conventions, see DISTORTIONS)
+    lmbda: float = 0.01  # distortion weight λ in R + λ·D (CompressAI's conventions: nfapps.codec.distortion)
     steps: int = 2000
     batch: int = 8
     patch: int = 64
@@ -62,11 +59,13 @@ class TrainingSettings:
     lr_drop_at: float = 0.85
     distortion: str = "mse"  # D = 255²·MSE, or 1 − MS-SSIM ("ms-ssim", patches > 160 pixels)
 
+    @property
+    def objective(self) -> Objective:
+        """The R + λ·D this training minimises (and the trained codec's encoder optimises)."""
+        return Objective(self.lmbda, self.distortion)
+
     def __post_init__(self) -> None:
-        if not (self.lmbda > 0 and math.isfinite(self.lmbda)):
-            raise ValueError(f"lmbda must be a positive number, got {self.lmbda!r}")
-        if self.distortion not in DISTORTIONS:
-            raise ValueError(f"distortion must be one of {', '.join(DISTORTIONS)}, got {self.distortion!r}")
+        self.objective  # checks λ and the distortion
         if self.distortion == "ms-ssim" and self.patch <= MS_SSIM_MIN_SIDE:
             raise ValueError(f"MS-SSIM needs patches larger than {MS_SSIM_MIN_SIDE} pixels (four downsamplings of an "
                              f"11-pixel window), got {self.patch}; choose --patch 192 or more")
@@ -94,16 +93,6 @@ def patch_batch(images: list[np.ndarray], batch: int, patch: int, seed: int, ste
             crop = crop[:, ::-1]
         out[i] = crop
     return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0 - 0.5
-
-
-def distortion(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """D of a batch (pixel values in [−½, ½]): 255²·MSE, or 1 − MS-SSIM over the batch (data
-    range 1, pytorch_msssim's five scales and weights)."""
-    if kind == "mse":
-        return 255.0**2 * (x_hat - x).square().mean()
-    from pytorch_msssim import ms_ssim
-
-    return 1.0 - ms_ssim(x_hat + 0.5, x + 0.5, data_range=1.0, size_average=True)
 
 
 def _optimizers(model: FlowCodec | LearnedBaseline, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
