@@ -272,17 +272,16 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
     s.set_defaults(run=search)
 
 
-#: --refine of `nfapps codec compress | evaluate` (nfapps.codec.refine).
-REFINE_HELP = ("most Adam steps of the encoder's rate–distortion optimisation of the latents (default: 30 for a codec that "
-               "stores its training objective, as `nfapps codec train` writes it; 0: plain rounding, about 10× faster)")
-
-
 def _add_codec(commands: argparse._SubParsersAction) -> None:
     from .codec.baseline import ARCHITECTURES, BaselineConfig  # torch only; CompressAI loads when a model is built
+    from .codec.codec import DEFAULT_REFINE
     from .codec.model import ENTROPY_MODELS, CodecConfig
     from .codec.distortion import DISTORTIONS
     from .codec.train import TrainingSettings
 
+    refine_help = (f"most Adam steps of the encoder's rate–distortion optimisation of the latents (default: {DEFAULT_REFINE} "
+                   "for a codec that stores its training objective, as `nfapps codec train` writes it; 0: plain rounding, "
+                   "about 10× faster)")
     p = commands.add_parser(
         "codec",
         help="lossy image compression with a flow codec: train, compress, decompress, evaluate",
@@ -337,7 +336,7 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
     c.add_argument("--model", required=True, help="a trained codec (nfapps codec train)")
     c.add_argument("input", help="image file (PNG, JPEG, …; 8-bit RGB or grayscale)")
     c.add_argument("output", help="the compressed file to write")
-    c.add_argument("--refine", type=int, default=None, metavar="STEPS", help=REFINE_HELP)
+    c.add_argument("--refine", type=int, default=None, metavar="STEPS", help=refine_help)
 
     def compress(args: argparse.Namespace) -> int:
         from .codec.codec import ImageCodec
@@ -368,7 +367,7 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--model", required=True)
     e.add_argument("--images", help="folder of images (default: the bundled evaluation photos)")
     e.add_argument("--out", default="codec-eval.json", help="JSON summary (default: codec-eval.json)")
-    e.add_argument("--refine", type=int, default=None, metavar="STEPS", help=REFINE_HELP)
+    e.add_argument("--refine", type=int, default=None, metavar="STEPS", help=refine_help)
 
     def evaluate(args: argparse.Namespace) -> int:
         from .codec.job import run_evaluate

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import ms_ssim
+from .images import mean_squared_error, ms_ssim
 
 #: What the distortion D in R + λ·D measures.
 DISTORTIONS = ("mse", "ms-ssim")
@@ -36,7 +36,7 @@ class Objective:
     def of_pixels(self, reference: np.ndarray, decoded: np.ndarray) -> float:
         """D between two uint8 images, as a user sees them (NaN for MS-SSIM on images too small)."""
         if self.distortion == "mse":
-            return float(np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2))
+            return mean_squared_error(reference, decoded)
         return 1.0 - ms_ssim(reference, decoded)
 
 

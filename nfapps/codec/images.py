@@ -92,9 +92,14 @@ def to_pixels(x: Tensor, height: int, width: int, channels: int) -> np.ndarray:
     return n[0] if channels == 1 else n.transpose(1, 2, 0).copy()
 
 
+def mean_squared_error(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """MSE of two uint8 images in 8-bit units (255²·MSE of pixel values in [0, 1])."""
+    return float(np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2))
+
+
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
     """Peak signal-to-noise ratio 10·log₁₀(255²/MSE) in dB (inf for identical images)."""
-    mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+    mse = mean_squared_error(reference, decoded)
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 

@@ -65,7 +65,7 @@ class TrainingSettings:
         return Objective(self.lmbda, self.distortion)
 
     def __post_init__(self) -> None:
-        self.objective  # checks λ and the distortion
+        Objective(self.lmbda, self.distortion)  # checks λ and the distortion
         if self.distortion == "ms-ssim" and self.patch <= MS_SSIM_MIN_SIDE:
             raise ValueError(f"MS-SSIM needs patches larger than {MS_SSIM_MIN_SIDE} pixels (four downsamplings of an "
                              f"11-pixel window), got {self.patch}; choose --patch 192 or more")
