@@ -115,6 +115,36 @@ def batch_sizes(total: int, batch: int) -> list[int]:
     return sizes
 
 
+def even_batch_sizes(total: int, batch: int) -> list[int]:
+    """``total`` points in the fewest batches of at most ``batch``, as near equal as can be (so a
+    stratified estimate cuts every batch into the same cubes, and none into coarse ones).
+
+    >>> even_batch_sizes(437_000, 262_144)
+    [218500, 218500]
+    """
+    if total < 2 or batch < 2:
+        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
+    count = -(-total // batch)
+    return [total // count + (k < total % count) for k in range(count)]
+
+
+def ramped_batch_sizes(total: int, batch: int, first: int = 8) -> list[int]:
+    """Batches covering ``total`` points that start at 1/``first`` of a full batch (at most
+    ``batch``) and double up to it, the rest in :func:`even_batch_sizes`: the small first
+    batches measure where the weights vary before the large ones are allocated.
+
+    >>> ramped_batch_sizes(437_000, 262_144)
+    [32768, 65536, 131072, 207624]
+    """
+    if total < 2 or batch < 2:
+        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
+    sizes, size = [], max(min(batch, total) // first, 2)
+    while size < batch and total - sum(sizes) >= 2 * size:  # the ramp, leaving room for a batch at least as large
+        sizes.append(size)
+        size *= 2
+    return sizes + even_batch_sizes(total - sum(sizes), batch)
+
+
 def group_squares(w: Tensor, sizes: Tensor) -> Tensor:
     """Σ_{i∈g} (w_i − w̄_g)² for consecutive groups g of the given sizes (float64)."""
     sizes = sizes.to(w.device, torch.long)

@@ -17,11 +17,12 @@ from .stratify import Strata
 @dataclass
 class EstimateProgress:
     """What an estimate has gathered after its first ``done`` batches: the pilots' tallies and
-    weights, the chosen sampler, the estimate's tally and weights, each candidate's strata and
+    weights, the chosen sampler, the points per cube decided on, the estimate's tally and weights, each candidate's strata and
     the time spent. Written after every batch, it lets an interrupted estimate continue exactly."""
 
     strata: dict[str, Strata | None]
     chosen: str | None
+    per_cube: int | None = None
     done: int = 0
     tally: Tally = field(default_factory=Tally)
     pilots: dict[str, Tally] = field(default_factory=dict)
@@ -32,7 +33,7 @@ class EstimateProgress:
     def save(self, path: str | Path, signature: dict[str, Any]) -> None:
         """Write this progress atomically, with the ``signature`` of the estimate it belongs to."""
         dump({
-            "signature": signature, "done": self.done, "chosen": self.chosen, "timings": self.timings,
+            "signature": signature, "done": self.done, "chosen": self.chosen, "per_cube": self.per_cube, "timings": self.timings,
             "tally": self.tally.to_dict(), "pilots": {key: value.to_dict() for key, value in self.pilots.items()},
             "pilot_weights": {key: torch.from_numpy(value) for key, value in self.pilot_weights.items()},
             "weights": torch.from_numpy(np.concatenate(self.weights) if self.weights else np.zeros(0)),
@@ -49,7 +50,7 @@ class EstimateProgress:
         return cls(
             strata={key: None if value is None else Strata.from_state(value, beta, device)
                     for key, value in state["strata"].items()},
-            chosen=state["chosen"], done=state["done"], tally=Tally(**state["tally"]),
+            chosen=state["chosen"], per_cube=state["per_cube"], done=state["done"], tally=Tally(**state["tally"]),
             pilots={key: Tally(**value) for key, value in state["pilots"].items()},
             pilot_weights={key: value.numpy() for key, value in state["pilot_weights"].items()},
             weights=[state["weights"].numpy()] if state["weights"].numel() else [],
