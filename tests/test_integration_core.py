@@ -230,7 +230,11 @@ def test_strata_fill_every_cube_and_allocate_by_spread():
     w[counts[:5].sum():counts[:6].sum()] = torch.tensor([1.0, -1.0, 1.0][: int(counts[5])])
     strata.update(w, counts)
     counts = strata.allocate(1000)
-    assert counts[5] == 1000 - 2 * 63 and (counts[torch.arange(64) != 5] == 2).all()
+    smooth = strata.smoothed_spread()  # σ̃: cube 5 = (1, 1, 0) and its neighbours
+    assert int(smooth.argmax()) == 5 and int((smooth > 0).sum()) == 3 * 3 * 2
+    expected = 2 + (1000 - 2 * 64) * smooth / smooth.sum()
+    assert int(counts.sum()) == 1000 and float((counts - expected).abs().max()) < 1
+    assert (counts[smooth == 0] == 2).all() and int(counts.argmax()) == 5
     rescaled = strata.rescale(torch.ones(1000, dtype=torch.float64), counts)
     assert float(rescaled.mean()) == pytest.approx(1.0)  # Σ_h p_h · (mean of w̃ / (n p_h / n_h)) = 1
     with pytest.raises(ValueError, match="two"):
@@ -267,6 +271,18 @@ def test_finer_strata_inherit_the_spread_of_the_coarse_cube_they_lie_in():
     assert counts[1, 5] > counts[1, 2] > counts[0, 0]
     with pytest.raises(ValueError, match="dimensions"):
         Strata([4, 4, 4]).inherit(coarse)
+
+
+def test_the_allocation_follows_the_spread_smoothed_over_neighbours():
+    strata = Strata([5, 2])
+    strata._squares = torch.zeros(10, dtype=torch.float64)
+    strata._squares[2] = 16.0  # σ = 4 in cube (2, 0) only, from two points (one dof)
+    strata._dof = torch.ones(10, dtype=torch.float64)
+    smooth = strata.smoothed_spread().view(2, 5)  # [j1, j0]
+    # (¼, ½, ¼) along the axis of five cells, nothing along the axis of two
+    assert torch.equal(smooth, torch.tensor([[0, 1, 2, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.float64))
+    counts = strata.allocate(2 * 10 + 40).view(2, 5)
+    assert counts.tolist() == [[2, 12, 22, 12, 2], [2, 2, 2, 2, 2]]  # the neighbours of the edge get points too
 
 
 def test_allocation_gain():
