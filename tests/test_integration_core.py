@@ -279,10 +279,10 @@ def test_the_allocation_follows_the_spread_smoothed_over_neighbours():
     strata._squares[2] = 16.0  # σ = 4 in cube (2, 0) only, from two points (one dof)
     strata._dof = torch.ones(10, dtype=torch.float64)
     smooth = strata.smoothed_spread().view(2, 5)  # [j1, j0]
-    # (¼, ½, ¼) along the axis of five cells, nothing along the axis of two
-    assert torch.equal(smooth, torch.tensor([[0, 1, 2, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.float64))
-    counts = strata.allocate(2 * 10 + 40).view(2, 5)
-    assert counts.tolist() == [[2, 12, 22, 12, 2], [2, 2, 2, 2, 2]]  # the neighbours of the edge get points too
+    # (¼, ½, ¼) along the axis of five cells, nothing along the axis of two; a cube keeps its own spread
+    assert torch.equal(smooth, torch.tensor([[0, 1, 4, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.float64))
+    counts = strata.allocate(2 * 10 + 60).view(2, 5)
+    assert counts.tolist() == [[2, 12, 42, 12, 2], [2, 2, 2, 2, 2]]  # the neighbours of the edge get points too
 
 
 def test_allocation_gain():
