@@ -71,7 +71,7 @@ GIVE_UP_MARGIN = 4.0
 #: on the suite's trained samplers (seed 0, 10⁶ calls): the flow's first batch reads 0.04 on the
 #: annulus, 0.15 circles, 0.23 Breit–Wigner, 0.26 camel-2 and 0.34 camel-4, where adapting
 #: (with the smoothed spreads of :meth:`~nfapps.integration.stratify.Strata.smoothed_spread`)
-#: cut the relative std per event by 60, 21, 9, 2 and 5 % (annulus 0.117 → 0.047); 0.45
+#: cut the relative std per event by 60, 21, 9, 2 and 4 % (annulus 0.117 → 0.047); 0.45
 #: camel-8, 0.57 gaussian-4 and 0.47–0.62 for the grid on polynomial-18, box, triangle and
 #: e⁺e⁻ → μ⁺μ⁻, where adapting (unsmoothed) gained nothing or lost up to 17 % (triangle) and
 #: halved the unweighting efficiency.
