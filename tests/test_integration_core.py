@@ -386,14 +386,17 @@ def test_a_float64_sampler_gets_float64_stratified_points():
     assert abs(result.pull) < 4 and result.tally["n"] == 4096
 
 
-def test_an_interrupted_estimate_continues_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("per_cube, batches", [(None, 10), (4, 12)])
+def test_an_interrupted_estimate_continues_from_its_checkpoint(tmp_path, per_cube, batches):
     """An estimate that dies part-way (here the integrand fails on its 5th batch) continues from its
-    checkpoint, with nothing redone, to exactly the result of an uninterrupted one."""
+    checkpoint, with nothing redone, to exactly the result of an uninterrupted one: with equal
+    allocation (3 pilots and 7 near-equal batches) and with an adaptive one (3 pilots, a ramp of 3
+    batches, then 6: the plan after the pilots is rebuilt from the saved choice)."""
     trained = Integrator(gaussian, 2, seed=4, transforms=2, hidden=(16,))
     trained.adapt_grid(4000, progress=False)
     trained.train(4096, batch=1024, progress=False)
     trained.save(tmp_path / "state.nfapps")
-    straight = trained.integrate(30_000, batch=4000, progress=False)
+    straight = trained.integrate(30_000, batch=4000, progress=False, per_cube=per_cube)
 
     calls = {"n": 0, "fail": True}
 
@@ -408,16 +411,19 @@ def test_an_interrupted_estimate_continues_from_its_checkpoint(tmp_path):
 
     checkpoint = tmp_path / "estimate.nfapps"
     with pytest.raises(ValueError, match="node lost"):
-        fresh(fails_in_batch_5).integrate(30_000, batch=4000, progress=False, checkpoint=checkpoint)
+        fresh(fails_in_batch_5).integrate(30_000, batch=4000, progress=False, checkpoint=checkpoint, per_cube=per_cube)
     assert checkpoint.is_file()
     calls.update(n=0, fail=False)
-    resumed = fresh(fails_in_batch_5).integrate(30_000, batch=4000, progress=False, checkpoint=checkpoint)
-    assert calls["n"] == 10 - 4  # 3 pilots and 7 estimate batches, the 4 before the failure not redone
+    resumed = fresh(fails_in_batch_5).integrate(30_000, batch=4000, progress=False, checkpoint=checkpoint,
+                                                per_cube=per_cube)
+    assert calls["n"] == batches - 4  # the 4 batches before the failure are not redone
+    assert resumed.calls_estimate + resumed.calls_pilot == 30_000
+    assert resumed.points_per_cube == (per_cube if per_cube else straight.points_per_cube)
     timing = {"time_integrand_s", "time_sampler_s", "time_training_s", "peak_memory_mb"}
     assert {k: v for k, v in resumed.to_dict().items() if k not in timing} == {
         k: v for k, v in straight.to_dict().items() if k not in timing}
     with pytest.raises(ValueError, match="another estimate"):
-        fresh(gaussian).integrate(20_000, batch=4000, progress=False, checkpoint=checkpoint)
+        fresh(gaussian).integrate(20_000, batch=4000, progress=False, checkpoint=checkpoint, per_cube=per_cube)
 
 
 def test_the_default_sampler_is_sized_by_dimension():

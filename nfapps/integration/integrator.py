@@ -567,7 +567,8 @@ class Integrator:
                     plan += [(None, n) for n in sizes(rest, batch)] if rest >= 2 else []
                     if counter == len(plan):
                         break
-                if counter < run.done:
+                if counter < run.done:  # done before an interruption
+                    bar.update(plan[counter][1] if counter >= first else 0)  # (the bar started past the first ones)
                     continue
                 name, n = plan[counter]
                 name = name or run.chosen
