@@ -136,9 +136,7 @@ def ramped_batch_sizes(total: int, batch: int, first: int = 8) -> list[int]:
     >>> ramped_batch_sizes(437_000, 262_144)
     [32768, 65536, 131072, 207624]
     """
-    if total < 2 or batch < 2:
-        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
-    sizes, size = [], max(min(batch, total) // first, 2)
+    sizes, size = [], max(min(batch, total) // first, 2)  # (even_batch_sizes checks total and batch)
     while size < batch and total - sum(sizes) >= 2 * size:  # the ramp, leaving room for a batch at least as large
         sizes.append(size)
         size *= 2

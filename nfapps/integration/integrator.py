@@ -536,7 +536,6 @@ class Integrator:
         probe = max(min(batch, share) // 8, 2)  # without pilots a small first batch decides per_cube
         if not plan and stratify and per_cube is None and share - probe >= 2 * probe:
             plan.append((None, probe))
-        first = len(plan)  # the batches after these are planned once per_cube is known
         signature = None  # what a checkpoint must match: only worked out when there is one
         if checkpoint is not None:
             signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
@@ -546,31 +545,31 @@ class Integrator:
                 checkpoint = Path(f"{checkpoint}.rank{self.rank}")
         if checkpoint is not None and Path(checkpoint).is_file():
             run = EstimateProgress.load(checkpoint, signature, beta, self.device)
-            logger.info("continuing the estimate from %s after %d of %d batches", checkpoint, run.done, len(plan))
+            logger.info("continuing the estimate from %s after %d batches", checkpoint, run.done)
         else:  # the chosen sampler is None until the pilots have spoken
             run = EstimateProgress({name: None for name in candidates}, None if len(candidates) > 1 else "flow",
                                    per_cube=per_cube if stratify else 2)
         strata = run.strata
-        with tqdm(total=share, initial=sum(n for _, n in plan[:run.done]), desc="integrate", unit="call", unit_scale=True,
-                  disable=not progress) as bar:
-            counter = -1
-            while (counter := counter + 1) < len(plan) or len(plan) == first:
-                if counter == first:  # the pilots (or the probe) are done: every rank decides the same
-                    if run.chosen is None:
-                        run.chosen = _choose(run.pilots, run.pilot_weights)
-                        logger.info("estimate: the %s sampler has the smallest reliable variance per event; "
-                                    "it draws the rest", run.chosen)
-                    if run.per_cube is None:
-                        run.per_cube = self._per_cube(strata[run.chosen])
-                    rest = share - sum(n for _, n in plan)
-                    sizes = ramped_batch_sizes if run.per_cube > 2 else even_batch_sizes
-                    plan += [(None, n) for n in sizes(rest, batch)] if rest >= 2 else []
-                    if counter == len(plan):
-                        break
+
+        def batches():
+            """(counter, sampler name or None for the chosen one, points) of every batch: the
+            pilots (or the probe), then the rest, planned once they have chosen the sampler and
+            the points per cube (every rank decides the same)."""
+            yield from enumerate(plan)
+            if run.chosen is None:
+                run.chosen = _choose(run.pilots, run.pilot_weights)
+                logger.info("estimate: the %s sampler has the smallest reliable variance per event; it draws the rest",
+                            run.chosen)
+            if run.per_cube is None:
+                run.per_cube = self._per_cube(strata[run.chosen])
+            sizes = ramped_batch_sizes if run.per_cube > 2 else even_batch_sizes
+            yield from enumerate(((None, n) for n in sizes(share - sum(n for _, n in plan), batch)), start=len(plan))
+
+        with tqdm(total=share, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
+            for counter, (name, n) in batches():
                 if counter < run.done:  # done before an interruption
-                    bar.update(plan[counter][1] if counter >= first else 0)  # (the bar started past the first ones)
+                    bar.update(n)
                     continue
-                name, n = plan[counter]
                 name = name or run.chosen
                 cells = cells_per_dimension(n, self.dim, run.per_cube or 2) if stratify else [1]
                 if max(cells) > 1 and (strata[name] is None or strata[name].cells != cells):  # a new batch size

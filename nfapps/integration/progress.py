@@ -17,8 +17,9 @@ from .stratify import Strata
 @dataclass
 class EstimateProgress:
     """What an estimate has gathered after its first ``done`` batches: the pilots' tallies and
-    weights, the chosen sampler, the points per cube decided on, the estimate's tally and weights, each candidate's strata and
-    the time spent. Written after every batch, it lets an interrupted estimate continue exactly."""
+    weights, the chosen sampler, the points per cube decided on, the estimate's tally and
+    weights, each candidate's strata and the time spent. Written after every batch, it lets an
+    interrupted estimate continue exactly."""
 
     strata: dict[str, Strata | None]
     chosen: str | None
@@ -33,7 +34,8 @@ class EstimateProgress:
     def save(self, path: str | Path, signature: dict[str, Any]) -> None:
         """Write this progress atomically, with the ``signature`` of the estimate it belongs to."""
         dump({
-            "signature": signature, "done": self.done, "chosen": self.chosen, "per_cube": self.per_cube, "timings": self.timings,
+            "signature": signature, "done": self.done, "chosen": self.chosen, "per_cube": self.per_cube,
+            "timings": self.timings,
             "tally": self.tally.to_dict(), "pilots": {key: value.to_dict() for key, value in self.pilots.items()},
             "pilot_weights": {key: torch.from_numpy(value) for key, value in self.pilot_weights.items()},
             "weights": torch.from_numpy(np.concatenate(self.weights) if self.weights else np.zeros(0)),

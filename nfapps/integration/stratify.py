@@ -84,6 +84,10 @@ class Strata:
         self._squares = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
         self._dof = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
 
+    def spread(self) -> Tensor:
+        """σ_h, each cube's measured spread of w (pooled over the batches so far; 0 where unmeasured)."""
+        return (self._squares / self._dof.clamp_min(1)).sqrt()
+
     def smoothed_spread(self) -> Tensor:
         """The allocation's guide: each cube's measured spread σ_h, or, where larger, σ_h smoothed
         by the binomial filter (¼, ½, ¼) along every axis cut into three cells or more (edges
@@ -98,7 +102,7 @@ class Strata:
         std per event on the annulus from 0.064 to 0.047 and on circles from 0.058 to 0.055.
         Axes of one or two cells are left alone: there a neighbour is half the cube.
         """
-        sigma = (self._squares / self._dof.clamp_min(1)).sqrt()
+        sigma = self.spread()
         grid = sigma.view(*reversed(self.cells))  # the first dimension varies fastest in h
         for axis, m in enumerate(reversed(self.cells)):
             if m >= 3:
@@ -155,14 +159,14 @@ class Strata:
         for stride, m, stride_old, m_old in zip(self._strides, self.cells, coarser._strides, coarser.cells):
             centre = ((h // stride) % m).double().add(0.5).div(m)
             index += (centre * m_old).long().clamp_max(m_old - 1) * stride_old
-        variance = (coarser._squares / coarser._dof.clamp_min(1)).to(self.device)[index]
+        variance = coarser.spread().square().to(self.device)[index]
         self._squares, self._dof = variance * dof, torch.full_like(variance, float(dof))
         return self
 
     def spread_moments(self) -> Tensor:
         """(H, Σ_h σ_h, Σ_h σ_h²) over the cubes, float64: what :func:`allocation_gain` needs,
         summable over processes that measured the same cubes."""
-        sigma = (self._squares / self._dof.clamp_min(1)).sqrt()
+        sigma = self.spread()
         return torch.stack([torch.tensor(float(self.cubes), dtype=torch.float64, device=self.device),
                             sigma.sum(), sigma.square().sum()])
 
