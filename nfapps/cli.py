@@ -9,6 +9,7 @@ import math
 import sys
 
 from . import __version__
+from .allocator import keep_freed_memory
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -405,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    keep_freed_memory()  # a job pushes many batches through a flow: reuse freed blocks (see nfapps.allocator)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:

@@ -38,14 +38,18 @@ class MLP(nn.Sequential):
         nn.init.zeros_(self[-1].weight)
         nn.init.zeros_(self[-1].bias)
 
-    def transposed(self, x: Tensor) -> Tensor:
+    def transposed(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """The output transposed, (out_features, batch) and contiguous: ``forward(x).t()`` with the
         last layer computed as W·hᵀ + b, at the cost of the usual product. Couplings read their
-        parameters from it feature by feature, with the batch along the fast axis."""
+        parameters from it with the batch along the fast axis. ``rows`` (a permutation of the
+        outputs) reorders them at the cost of reordering W's rows, not the (much larger) output."""
         *body, last = self
         for layer in body:
             x = layer(x)
-        return torch.addmm(last.bias.unsqueeze(1), last.weight, x.t())
+        weight, bias = last.weight, last.bias
+        if rows is not None:
+            weight, bias = weight.index_select(0, rows), bias.index_select(0, rows)
+        return torch.addmm(bias.unsqueeze(1), weight, x.t())
 
 
 class MaskedLinear(nn.Linear):

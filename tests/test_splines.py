@@ -66,3 +66,15 @@ def test_spline_map_argument_errors():
         SplineMap(4, tails="quadratic")
     with pytest.raises(ValueError, match="bound"):
         SplineMap(4, bound=-1)
+
+
+def test_bin_softmax_is_the_softmax_over_the_bins_and_never_overflows():
+    torch.manual_seed(0)
+    u = torch.randn(2, 8, 5, 7, dtype=torch.float64) * 3
+    u[0, :, 0, 0] += 1e3  # exp(1e3) overflows: only the shift by the maximum keeps it finite
+    u[1, :, 1, 1] -= 1e3
+    p = splines._softmax_first(u.permute(0, 1, 3, 2))  # a non-contiguous layout too
+    expected = torch.softmax(u.permute(0, 1, 3, 2), dim=1)
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(p, expected, rtol=1e-13, atol=1e-300)
+    torch.testing.assert_close(p.sum(dim=1), torch.ones_like(p[:, 0]), rtol=1e-14, atol=0)

@@ -115,6 +115,9 @@ class Coupling(Transform):
         self.conditioner = MLP(
             len(self.conditioning) + context, len(self.transformed) * elementwise.num_params, hidden, activation
         )
+        # the conditioner's outputs are (|B|, P) feature-major; this reorders them (P, |B|)
+        rows = torch.arange(len(self.transformed) * elementwise.num_params)
+        self.register_buffer("_parameter_major", rows.view(len(self.transformed), -1).t().reshape(-1), persistent=False)
         self._find_blocks()
 
     def _find_blocks(self) -> None:
@@ -139,9 +142,11 @@ class Coupling(Transform):
         n, p = x.shape[0], self.elementwise.num_params
         step = self.elementwise.inverse if inverse else self.elementwise.forward
         if self.elementwise.batch_fastest:
-            # feature-major: x_B as (|B|, batch) and θ as (|B|, batch, P) laid out (|B|, P, batch),
-            # straight from the conditioner's last product, so every per-element row is contiguous
-            params = self.conditioner.transposed(h).view(len(self.transformed), p, n).transpose(1, 2)
+            # parameter-major: x_B as (|B|, batch) and θ as (|B|, batch, P) laid out (P, |B|, batch),
+            # straight from the conditioner's last product (its rows reordered), so that each
+            # parameter's plane over all elements — the spline's widths and heights — is contiguous
+            params = self.conditioner.transposed(h, self._parameter_major).view(p, len(self.transformed), n)
+            params = params.permute(1, 2, 0)
             y_b, ladj = step(x_b.t().contiguous(), params)
             y_b, ladj = y_b.t(), ladj.sum(dim=0)
         else:

@@ -100,8 +100,8 @@ def bin_index(edges: Tensor, values: Tensor) -> Tensor:
     flat = values.reshape(-1, features).t().contiguous()  # (features, points): gathers along the points
     index = torch.zeros(flat.shape, dtype=torch.long, device=flat.device)
     step = width // 2
-    while step:  # invariant: edges[: index] ≤ value; the probe decides the next bit of the count
-        index += (table.gather(1, index + (step - 1)) <= flat).long() * step
+    while step:  # invariant: edges[: index] ≤ value; the probe, edge index + step − 1, decides the
+        index.add_(table[:, step - 1 :].gather(1, index) <= flat, alpha=step)  # next bit of the count
         step //= 2
     return index.t().reshape(values.shape)
 

