@@ -134,13 +134,16 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     0.083 and 0.068 so, with 6 layers 0.094 and 0.072, and drawing through the splines
     themselves 0.115 and 0.090.
     Above: 6 layers, or :func:`~nfapps.transforms.coupling.antichain_layers` (d) where that is
-    more (7 from d = 21, 9 at d = 96: every dimension conditions every other), 8 bins, hidden
-    64 × 64 up to d = 8 and 32 × 32 above, and samples drawn through the splines themselves (no
-    quadratic solve). That cuts drawing a point with its density on one CPU core to about 4 µs at
-    d = 8 and 5 µs at d = 16 (from 7 and 18; the conditioners' outputs, d/2·(3K+1) per layer,
-    and the element-wise maps grow with d) at about the variance of the larger flow (camel-8
-    and camel-16 0.22 and 0.39, against 0.21 and 0.35). At d = 8, 32 × 32 gave the same variance but fewer unweighted
-    events (classic efficiency 0.029 against 0.034). Before the tempering ramp (see
+    more (7 from d = 21, 9 at d = 96: every dimension conditions every other), hidden 64 × 64
+    and 8 bins up to d = 8, 32 × 32 and 6 bins above, and samples drawn through the splines
+    themselves (no quadratic solve). That cuts drawing a point with its density on one CPU core
+    to about 3.6 µs at d = 8 and 4.2 µs at d = 16 (from 7 and 18; the conditioners' outputs,
+    d/2·(3K+1) per layer, and the element-wise maps grow with d) at about the variance of the
+    larger flow (camel-8 and camel-16 0.22 and 0.39, against 0.21 and 0.35). At d = 8, 32 × 32
+    gave the same variance but fewer unweighted events (classic efficiency 0.029 against
+    0.034). At d = 16, 6 bins instead of 8 cost 4.2 instead of 5.0 µs per point, and camel-16
+    measured 0.29–0.43 on seeds 0–5 (mean 0.35) against 0.30–0.78 (mean 0.44) with 8;
+    gaussian-16 0.085 against 0.080 (seeds 0, 1). Before the tempering ramp (see
     :meth:`Integrator.train`) either width could collapse onto one of camel-16's two peaks
     (half the integral, with a tiny error bar): 32 × 32 did in 4 of 10 seeds at 3·10⁵ calls,
     64 × 64 in seed 0 at 10⁶; with the ramp none of seeds 0–19 at 10⁶ did.
@@ -148,7 +151,7 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     small = dim <= 4
     layers = max(2, 2 * math.ceil(math.log2(max(dim, 2)))) if small else max(6, antichain_layers(dim))
     return {
-        "bins": (16 if small else 8) if bins is None else bins,
+        "bins": (16 if small else 8 if dim <= 8 else 6) if bins is None else bins,
         "transforms": layers if transforms is None else transforms,
         "hidden": ((64, 64) if dim <= 8 else (32, 32)) if hidden is None else tuple(hidden),
         "sampling": "inverse" if small else "forward",
