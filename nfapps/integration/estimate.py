@@ -104,11 +104,15 @@ class Tally:
         return asdict(self)
 
 
+def _check_batch_plan(total: int, batch: int) -> None:
+    if total < 2 or batch < 2:  # the least a group needs for its variance
+        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
+
+
 def batch_sizes(total: int, batch: int) -> list[int]:
     """Sizes of consecutive batches of ``batch`` covering ``total`` points, none smaller than two
     (the least a group needs for its variance): a tail of one joins the batch before it."""
-    if total < 2 or batch < 2:
-        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
+    _check_batch_plan(total, batch)
     sizes = [batch] * (total // batch) + ([total % batch] if total % batch else [])
     if sizes[-1] == 1:
         sizes[-2:] = [sizes[-2] + 1]
@@ -122,8 +126,7 @@ def even_batch_sizes(total: int, batch: int) -> list[int]:
     >>> even_batch_sizes(437_000, 262_144)
     [218500, 218500]
     """
-    if total < 2 or batch < 2:
-        raise ValueError(f"need at least 2 points in batches of at least 2, got {total} in batches of {batch}")
+    _check_batch_plan(total, batch)
     count = -(-total // batch)
     return [total // count + (k < total % count) for k in range(count)]
 

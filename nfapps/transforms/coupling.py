@@ -115,9 +115,9 @@ class Coupling(Transform):
         self.conditioner = MLP(
             len(self.conditioning) + context, len(self.transformed) * elementwise.num_params, hidden, activation
         )
-        # the conditioner's outputs are (|B|, P) feature-major; this reorders them (P, |B|)
-        rows = torch.arange(len(self.transformed) * elementwise.num_params)
-        self.register_buffer("_parameter_major", rows.view(len(self.transformed), -1).t().reshape(-1), persistent=False)
+        if elementwise.batch_fastest:  # the conditioner's outputs are (|B|, P) feature-major: this reorders them (P, |B|)
+            rows = torch.arange(len(self.transformed) * elementwise.num_params).view(len(self.transformed), -1)
+            self.register_buffer("_parameter_major", rows.t().reshape(-1), persistent=False)
         self._find_blocks()
 
     def _find_blocks(self) -> None:

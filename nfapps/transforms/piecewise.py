@@ -100,8 +100,10 @@ def bin_index(edges: Tensor, values: Tensor) -> Tensor:
     flat = values.reshape(-1, features).t().contiguous()  # (features, points): gathers along the points
     index = torch.zeros(flat.shape, dtype=torch.long, device=flat.device)
     step = width // 2
-    while step:  # invariant: edges[: index] ≤ value; the probe, edge index + step − 1, decides the
-        index.add_(table[:, step - 1 :].gather(1, index) <= flat, alpha=step)  # next bit of the count
+    # invariant: edges[: index] ≤ value; the probe, edge index + step − 1 (read from the table
+    # shifted by step − 1), decides the next bit of the count
+    while step:
+        index.add_(table[:, step - 1 :].gather(1, index) <= flat, alpha=step)
         step //= 2
     return index.t().reshape(values.shape)
 
