@@ -146,6 +146,30 @@ def ramped_batch_sizes(total: int, batch: int, first: int = 8) -> list[int]:
     return sizes + even_batch_sizes(total - sum(sizes), batch)
 
 
+def batch_weights(sizes: list[int], exponent: float, settled: float = 0.0) -> list[float]:
+    """Weights λ_k = (1 − ``settled``)·n_k^γ / Σ_j n_j^γ (γ = ``exponent``) of batches of
+    ``sizes`` points in the combined estimate Î = Σ_k λ_k Î_k, where ``settled`` is the weight
+    already given to earlier batches.
+
+    Each batch's Î_k is unbiased given the batches before it, so any weights fixed before the
+    batches are drawn (by their sizes alone, never by their measured spreads, which would
+    correlate weight and value) keep Î unbiased, with Var(Î) = Σ_k λ_k² Var(Î_k). γ = 1 pools
+    every point alike, right where every batch is as good per point as every other. A
+    stratified batch of n points in d dimensions is better per point the larger it is: its
+    cubes are smaller, so a smooth remainder varies by O(n^(−1/d)) within one and the variance
+    per point falls as n^(−2/d); the optimal λ_k ∝ n_k / (variance per point) is then
+    ∝ n_k^(1+2/d).
+
+    >>> batch_weights([1, 2, 4], 1.0)
+    [0.14285714285714285, 0.2857142857142857, 0.5714285714285714]
+    """
+    if not sizes or min(sizes) < 1 or not 0 <= settled < 1:
+        raise ValueError(f"need batches of at least one point and a settled weight in [0, 1), got {sizes}, {settled}")
+    powers = [float(n) ** exponent for n in sizes]
+    total = sum(powers)
+    return [(1.0 - settled) * p / total for p in powers]
+
+
 def group_squares(w: Tensor, sizes: Tensor) -> Tensor:
     """Σ_{i∈g} (w_i − w̄_g)² for consecutive groups g of the given sizes (float64)."""
     sizes = sizes.to(w.device, torch.long)

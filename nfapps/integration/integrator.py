@@ -41,6 +41,7 @@ from ..transforms.coupling import antichain_layers
 from .estimate import (
     PARETO_K_RELIABLE,
     Tally,
+    batch_weights,
     even_batch_sizes,
     pareto_tail_index,
     ramped_batch_sizes,
@@ -243,26 +244,26 @@ class Integrator:
         return g
 
     def draw(
-        self, n: int, stream: int = 0, counter: int | None = None, strata: Strata | None = None,
-        counts: Tensor | None = None, flow: Flow | None = None,
+        self, n: int, stream: int = 0, counter: int | None = None, base: Tensor | None = None,
+        flow: Flow | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
         """n points u ~ q with log q(u), the weights g(u)/q(u) (float64) and the time split;
         q is the sampler's flow, or ``flow`` if given.
 
-        With ``strata`` the draw is stratified instead: counts[h] points uniform in cube h of the
-        flow's base, cube by cube (:meth:`Strata.points`), n = Σ counts; each point taken alone
-        has density q within its cube, and ``strata.rescale`` turns w into the batch's weights.
+        With ``base`` (n points of the flow's base, e.g. a stratified set from
+        :meth:`Strata.points`) those are pushed through instead of fresh uniform ones; each point
+        taken alone has density q within its cube, and ``strata.rescale`` turns w into the
+        batch's weights.
         """
         if counter is None:
             counter, self.batches_drawn = self.batches_drawn, self.batches_drawn + 1
-        generator = self._generator(stream, counter)
         t0 = time.perf_counter()
         with torch.no_grad():
             flow = self.flow if flow is None else flow
-            if strata is not None:
-                z = strata.points(counts, generator).to(flow._anchor.dtype)  # a float64 flow gets float64 points
+            if base is not None:
+                z = base.to(flow._anchor.dtype)  # a float64 flow gets float64 points
             else:
-                z = flow.base.sample(n, generator=generator)
+                z = flow.base.sample(n, generator=self._generator(stream, counter))
             # through the flow a few thousand points at a time: a quarter-million at once runs out of cache
             pieces = [flow.from_base(piece) for piece in z.split(SAMPLER_CHUNK)]
             u, log_q = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
@@ -488,7 +489,8 @@ class Integrator:
 
     def integrate(self, calls: int, batch: int = 262_144, progress: bool = True, exact: float | None = None,
                   replica_size: int = 10_000, stratify: bool = True, per_cube: int | None = None,
-                  beta: float = 1.0, choose: bool = True, checkpoint: str | Path | None = None) -> IntegrationResult:
+                  beta: float = 1.0, choose: bool = True, checkpoint: str | Path | None = None,
+                  weight_exponent: float | None = None) -> IntegrationResult:
         """Estimate the integral from ``calls`` fresh samples of the frozen sampler.
 
         With ``stratify`` the batches are stratified draws in the sampler's base space (see
@@ -505,6 +507,21 @@ class Integrator:
         (:func:`~nfapps.integration.estimate.ramped_batch_sizes`), and a batch with finer cubes
         starts from the spreads of the coarser ones; an equal one draws near-equal batches of at
         most ``batch``.
+
+        The batches combine as Î = Σ_k λ_k Î_k with λ_k ∝ n_k^γ fixed by the batch sizes
+        before any is drawn (:func:`~nfapps.integration.estimate.batch_weights`), so Î stays
+        unbiased and its error is √(Σ_k λ_k² Var Î_k): γ = ``weight_exponent``, by default
+        1 + 2/d stratified (a larger stratified batch has smaller cubes and is better per
+        point, most of all in few dimensions) and 1 unstratified (every point alike). It only
+        matters where batch sizes differ, the adaptive estimate's ramp: there the small first
+        batches, drawn while the allocation is still being learnt, would otherwise weigh as
+        much per point as the last. On the suite's trained samplers (seed 0, 10⁶ calls) this
+        took the relative std per event from 0.061 to 0.041 on the annulus (stratified uniform
+        points chosen), 0.054 to 0.048 on circles, 0.081 to 0.079 on camel-4 and 0.0124 to
+        0.0119 on camel-2, against pooling every point alike (γ = 1).
+        The unweighting efficiencies and the Pareto k̂ are those of the weights as drawn
+        (each batch's, with respect to the density it was drawn from): unweighting them gives
+        events ∝ f whatever the λ_k.
 
         With ``choose`` (and a trained sampler) a pilot batch is drawn from each candidate — the
         flow, the adapted VEGAS grid (if any) and plain uniform points — an eighth of the calls
@@ -524,6 +541,10 @@ class Integrator:
             raise ValueError(f"the estimate needs at least 2 calls per process, got {calls} for {self.world_size}")
         if (per_cube is not None and per_cube < 2) or beta < 0:
             raise ValueError(f"need per_cube ≥ 2 (a cube's variance needs two points) and beta ≥ 0, got {per_cube}, {beta}")
+        if weight_exponent is None:
+            weight_exponent = 1.0 + 2.0 / self.dim if stratify else 1.0
+        if not math.isfinite(weight_exponent) or weight_exponent < 0:
+            raise ValueError(f"weight_exponent must be a finite number ≥ 0, got {weight_exponent}")
         self.flow.eval()
         candidates = {"flow": self.flow}
         if choose and (self.calls_training or self.calls_grid):
@@ -542,6 +563,7 @@ class Integrator:
         signature = None  # what a checkpoint must match: only worked out when there is one
         if checkpoint is not None:
             signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
+                         "weight_exponent": weight_exponent,
                          "candidates": list(candidates), "pilot": pilot, "seed": self.seed, "rank": self.rank,
                          "world_size": self.world_size, "sampler": _fingerprint(self.flow, self.grid)}
             if self.world_size > 1:
@@ -554,41 +576,61 @@ class Integrator:
                                    per_cube=per_cube if stratify else 2)
         strata = run.strata
 
+        estimate_points = share - sum(n for name, n in plan if name is not None)  # the pilots' calls excluded
+        settled = 0.0  # the weight λ of the probe, the one estimate batch drawn before the plan is known
+        if plan and plan[0][0] is None:  # its weight as if even batches were to follow (they may not)
+            settled = batch_weights([probe, *even_batch_sizes(share - probe, batch)], weight_exponent)[0]
+
         def batches():
-            """(counter, sampler name or None for the chosen one, points) of every batch: the
-            pilots (or the probe), then the rest, planned once they have chosen the sampler and
-            the points per cube (every rank decides the same)."""
-            yield from enumerate(plan)
+            """(counter, sampler name or None for the chosen one, points, λ: the batch's weight in
+            the estimate, None for a pilot) of every batch: the pilots (or the probe), then the
+            rest, planned once they have chosen the sampler and the points per cube (every rank
+            decides the same)."""
+            for counter, (name, n) in enumerate(plan):
+                yield counter, name, n, settled if name is None else None
             if run.chosen is None:
                 run.chosen = _choose(run.pilots, run.pilot_weights)
                 logger.info("estimate: the %s sampler has the smallest reliable variance per event; it draws the rest",
                             run.chosen)
             if run.per_cube is None:
                 run.per_cube = self._per_cube(strata[run.chosen])
-            sizes = ramped_batch_sizes if run.per_cube > 2 else even_batch_sizes
-            yield from enumerate(((None, n) for n in sizes(share - sum(n for _, n in plan), batch)), start=len(plan))
+            planner = ramped_batch_sizes if run.per_cube > 2 else even_batch_sizes
+            sizes = planner(share - sum(n for _, n in plan), batch)
+            for counter, (n, weight) in enumerate(zip(sizes, batch_weights(sizes, weight_exponent, settled)),
+                                                  start=len(plan)):
+                yield counter, None, n, weight
 
         with tqdm(total=share, desc="integrate", unit="call", unit_scale=True, disable=not progress) as bar:
-            for counter, (name, n) in batches():
+            for counter, name, n, weight in batches():
                 if counter < run.done:  # done before an interruption
                     bar.update(n)
                     continue
                 name = name or run.chosen
                 cells = cells_per_dimension(n, self.dim, run.per_cube or 2) if stratify else [1]
+                # an adaptive estimate's finer cubes sort the earlier points into themselves
+                keep = run.per_cube is None or run.per_cube > 2
                 if max(cells) > 1 and (strata[name] is None or strata[name].cells != cells):  # a new batch size
-                    finer = Strata(cells, beta, self.device)
+                    finer = Strata(cells, beta, self.device, keep_points=keep)
                     strata[name] = finer if strata[name] is None else finer.inherit(strata[name])
                 elif max(cells) == 1:
                     strata[name] = None
                 stratum = strata[name]
-                counts = stratum.allocate(n) if stratum is not None else None
+                if stratum is not None and not keep:
+                    stratum.forget_points()
+                started = time.perf_counter()
                 # a stream of its own: the estimate's points never coincide with training points
-                _, _, w, spent = self.draw(n, stream=1, counter=counter, strata=stratum, counts=counts,
-                                           flow=candidates[name])
+                counts = stratum.allocate(n) if stratum is not None else None
+                z = stratum.points(counts, self._generator(1, counter)) if stratum is not None else None
+                placed = time.perf_counter() - started
+                _, _, w, spent = self.draw(n, stream=1, counter=counter, base=z, flow=candidates[name])
+                spent["sampler"] += placed
                 if stratum is not None:
-                    stratum.update(w, counts)
+                    stratum.update(w, counts, z)
                     w = stratum.rescale(w, counts)
-                part = Tally().add(w, counts if stratum is not None else 1)
+                # an estimate batch enters the tally as w·λ_k N/n_k (Î = Σ_k λ_k Î_k is their mean);
+                # its weights are kept as drawn, for the efficiencies and the weight plot
+                scaled = w if weight is None else w * (weight * estimate_points / n)
+                part = Tally().add(scaled, counts if stratum is not None else 1)
                 if run.chosen is None:
                     run.pilots[name] = part
                     run.pilot_weights[name] = w.cpu().numpy()

@@ -23,9 +23,9 @@ points are allocated by σ_h. The optimal allocation n_h ∝ p_h σ_h (β = 1) w
 of equal allocation's variance over the same cubes, so a measured gain decides whether adapting
 pays for cubes twice as large. Because a batch's allocation depends on earlier batches only,
 each batch's estimate is unbiased given it, and the variances of the batches add. A batch with
-finer cubes than the last starts from the spreads of the coarser cubes it lies in
-(:meth:`Strata.inherit`), and the allocation follows the spreads smoothed over neighbouring
-cubes (:meth:`Strata.smoothed_spread`).
+finer cubes than the last starts from the spreads of the coarser cubes it lies in, and from
+the earlier batches' points sorted into its own cubes (:meth:`Strata.inherit`), and the
+allocation follows the spreads smoothed over neighbouring cubes (:meth:`Strata.smoothed_spread`).
 """
 
 from __future__ import annotations
@@ -68,9 +68,12 @@ class Strata:
         cells: M_j, cells along each dimension j (d of them).
         beta: damping of the adaptive allocation n_h ∝ σ_h^β (0: equal allocation).
         device: where the points are made.
+        keep_points: keep the points measured (:meth:`update`) so that finer strata can sort
+            them into their own cubes (:meth:`inherit`); d + 2 numbers per point.
     """
 
-    def __init__(self, cells: Sequence[int], beta: float = 1.0, device: torch.device | str = "cpu") -> None:
+    def __init__(self, cells: Sequence[int], beta: float = 1.0, device: torch.device | str = "cpu",
+                 keep_points: bool = False) -> None:
         self.cells = [int(m) for m in cells]
         if not self.cells or min(self.cells) < 1 or beta < 0:
             raise ValueError(f"need cells ≥ 1 along each dimension and beta ≥ 0, got cells={cells}, beta={beta}")
@@ -83,6 +86,10 @@ class Strata:
         # pooled within-cube sums of squared deviations of w and their degrees of freedom
         self._squares = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
         self._dof = torch.zeros(self.cubes, dtype=torch.float64, device=self.device)
+        self.keep_points = bool(keep_points)
+        # the measured points' base coordinates and weights, earlier strata's included (see inherit)
+        self._points: list[Tensor] = []
+        self._weights: list[Tensor] = []
 
     def spread(self) -> Tensor:
         """σ_h, each cube's measured spread of w (pooled over the batches so far; 0 where unmeasured)."""
@@ -142,16 +149,43 @@ class Strata:
         factor = (counts.sum() / (self.cubes * counts)).to(w)
         return w * torch.repeat_interleave(factor, counts.to(w.device))
 
-    def update(self, w: Tensor, counts: Tensor) -> None:
-        """Add a batch's (unrescaled) weights, drawn with ``counts``, to each cube's spread."""
+    def update(self, w: Tensor, counts: Tensor, points: Tensor | None = None) -> None:
+        """Add a batch's (unrescaled) weights, drawn with ``counts``, to each cube's spread;
+        with ``keep_points`` also keep the batch's ``points`` (its base coordinates, as
+        :meth:`points` made them) for finer strata."""
         squares = group_squares(w, counts)
         self._squares += squares.to(self.device)
         self._dof += (counts - 1).to(self.device, torch.float64)
+        if self.keep_points:
+            if points is None or len(points) != len(w):
+                raise ValueError("strata that keep their points need each batch's points with its weights")
+            self._points.append(points.detach().to(self.device, torch.float32))
+            self._weights.append(w.detach().to(self.device, torch.float64))
+
+    def forget_points(self) -> None:
+        """Stop keeping points and drop those kept (no finer strata will follow)."""
+        self.keep_points, self._points, self._weights = False, [], []
+
+    def cube_of(self, points: Tensor) -> Tensor:
+        """The cube h holding each point of the base (int64)."""
+        h = torch.zeros(len(points), dtype=torch.long, device=self.device)
+        for j, (stride, m) in enumerate(zip(self._strides, self.cells)):
+            h += (points[:, j].to(self.device, torch.float64) * m).long().clamp(0, m - 1) * stride
+        return h
 
     def inherit(self, coarser: "Strata", dof: float = 1.0) -> "Strata":
         """Start each cube's spread at that of the cube of ``coarser`` holding its centre, worth
-        ``dof`` degrees of freedom (an allocation prior only: any allocation fixed before a batch
-        is drawn leaves its estimate unbiased)."""
+        ``dof`` degrees of freedom, plus the spread of the points ``coarser`` kept (its own and
+        its ancestors') that fall into the cube: an allocation prior only (any allocation fixed
+        before a batch is drawn leaves its estimate unbiased).
+
+        The points are what makes a fine allocation good early on: a cube at the edge of a cut
+        has a spread that a coarse cube around it dilutes, and that two points of its own
+        read as zero half the time, while the earlier batches have put a few points in most
+        fine cubes. On the suite's trained samplers (seed 0, 10⁶ calls; the batches weighted as
+        in :meth:`~nfapps.integration.Integrator.integrate`) they took the relative std per
+        event from 0.041 to 0.031 on the annulus (stratified uniform points), 0.048 to 0.046
+        on circles, 0.079 to 0.077 on camel-4 and 0.0082 to 0.0073 on the Breit–Wigner peak."""
         if coarser.dim != self.dim:
             raise ValueError(f"cannot inherit spreads across dimensions ({coarser.dim} → {self.dim})")
         h = torch.arange(self.cubes, device=self.device)
@@ -161,6 +195,16 @@ class Strata:
             index += (centre * m_old).long().clamp_max(m_old - 1) * stride_old
         variance = coarser.spread().square().to(self.device)[index]
         self._squares, self._dof = variance * dof, torch.full_like(variance, float(dof))
+        if coarser._points:
+            points, w = torch.cat(coarser._points), torch.cat(coarser._weights)
+            cube = self.cube_of(points)
+            count = torch.zeros(self.cubes, dtype=torch.float64, device=self.device).index_add_(0, cube, torch.ones_like(w))
+            total = torch.zeros_like(count).index_add_(0, cube, w)
+            squares = torch.zeros_like(count).index_add_(0, cube, w.square())
+            self._squares += (squares - total.square() / count.clamp_min(1)).clamp_min(0)
+            self._dof += (count - 1).clamp_min(0)
+            if self.keep_points:
+                self._points, self._weights = [points], [w]
         return self
 
     def spread_moments(self) -> Tensor:
@@ -171,13 +215,18 @@ class Strata:
                             sigma.sum(), sigma.square().sum()])
 
     def state(self) -> dict:
-        """What :meth:`from_state` needs to continue: the cells and each cube's measured spread."""
-        return {"cells": self.cells, "squares": self._squares.cpu(), "dof": self._dof.cpu()}
+        """What :meth:`from_state` needs to continue: the cells, each cube's measured spread
+        and the points kept."""
+        kept = {"points": torch.cat(self._points).cpu(), "weights": torch.cat(self._weights).cpu()} if self._points else {}
+        return {"cells": self.cells, "squares": self._squares.cpu(), "dof": self._dof.cpu(),
+                "keep_points": self.keep_points, **kept}
 
     @classmethod
     def from_state(cls, state: dict, beta: float, device: torch.device | str = "cpu") -> "Strata":
-        strata = cls(state["cells"], beta, device)
+        strata = cls(state["cells"], beta, device, keep_points=state.get("keep_points", False))
         strata._squares, strata._dof = state["squares"].to(strata.device), state["dof"].to(strata.device)
+        if "points" in state:
+            strata._points, strata._weights = [state["points"].to(strata.device)], [state["weights"].to(strata.device)]
         return strata
 
 
