@@ -13,6 +13,7 @@ from nfapps.transforms.base import Inverse
 from nfapps.integration.estimate import (
     Tally,
     batch_sizes,
+    batch_weights,
     bootstrap_unweighting_efficiency,
     even_batch_sizes,
     overweight_cap,
@@ -271,6 +272,50 @@ def test_finer_strata_inherit_the_spread_of_the_coarse_cube_they_lie_in():
     assert counts[1, 5] > counts[1, 2] > counts[0, 0]
     with pytest.raises(ValueError, match="dimensions"):
         Strata([4, 4, 4]).inherit(coarse)
+
+
+def test_finer_strata_sort_the_points_kept_by_coarser_ones_into_their_cubes():
+    coarse = Strata([2, 2], keep_points=True)
+    counts = torch.full((4,), 6)
+    z = coarse.points(counts, torch.Generator().manual_seed(2))
+    w = torch.rand(24, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    coarse.update(w, counts, z)
+    with pytest.raises(ValueError, match="points"):
+        coarse.update(w, counts)  # a keeping stratum needs the points
+    fine = Strata([4, 3], keep_points=True).inherit(coarse, dof=0.0)  # no prior: the points alone
+    cube = (z[:, 0].double() * 4).floor().long() + 4 * (z[:, 1].double() * 3).floor().long()
+    for h in range(12):
+        mine = w[cube == h]
+        assert float(fine._dof[h]) == max(len(mine) - 1, 0)
+        expected = float(((mine - mine.mean()) ** 2).sum()) if len(mine) else 0.0
+        assert float(fine._squares[h]) == pytest.approx(expected, abs=1e-12)
+    assert torch.equal(fine.cube_of(z), cube)
+    # the finer stratum keeps them for the next one, and a checkpoint carries them
+    state = Strata.from_state(fine.state(), beta=1.0)
+    assert state.keep_points and torch.equal(torch.cat(state._points), z) and torch.equal(torch.cat(state._weights), w)
+    fine.forget_points()
+    assert not fine.keep_points and Strata([8, 8]).inherit(fine)._dof.sum() == 64  # the prior only
+
+
+def test_batches_combine_with_weights_fixed_by_their_sizes():
+    assert batch_weights([1, 2, 4], 1.0) == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+    assert batch_weights([2, 4], 2.0, settled=0.5) == pytest.approx([0.1, 0.4])  # the rest after a settled half
+    with pytest.raises(ValueError, match="settled"):
+        batch_weights([2, 4], 1.0, settled=1.0)
+    # an adaptive estimate (a probe of 250, then a ramp): Î = Σ_k λ_k Î_k over its batches
+    integrator = Integrator(_spike, 2, seed=0)
+    result = integrator.integrate(8000, batch=2000, progress=False, exact=SPIKE_EXACT)
+    ramp = ramped_batch_sizes(7750, 2000)
+    settled = batch_weights([250, *even_batch_sizes(7750, 2000)], 2.0)[0]  # γ = 1 + 2/d
+    weights = [settled, *batch_weights(ramp, 2.0, settled)]
+    batches = np.split(integrator.estimate_weights, np.cumsum([250, *ramp])[:-1])
+    assert result.points_per_cube == 4 and len(batches) == len(weights) == 1 + len(ramp)
+    assert result.value == pytest.approx(sum(lam * b.mean() for lam, b in zip(weights, batches)), rel=1e-12)
+    assert result.value != pytest.approx(integrator.estimate_weights.mean(), rel=1e-6)
+    pooled = integrator.integrate(8000, batch=2000, progress=False, exact=SPIKE_EXACT, weight_exponent=1.0)
+    assert pooled.value == pytest.approx(integrator.estimate_weights.mean(), rel=1e-12)  # γ = 1: every point alike
+    with pytest.raises(ValueError, match="weight_exponent"):
+        integrator.integrate(8000, progress=False, weight_exponent=-1.0)
 
 
 def test_the_allocation_follows_the_spread_smoothed_over_neighbours():

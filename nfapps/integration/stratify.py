@@ -199,9 +199,8 @@ class Strata:
             points, w = torch.cat(coarser._points), torch.cat(coarser._weights)
             cube = self.cube_of(points)
             count = torch.zeros(self.cubes, dtype=torch.float64, device=self.device).index_add_(0, cube, torch.ones_like(w))
-            total = torch.zeros_like(count).index_add_(0, cube, w)
-            squares = torch.zeros_like(count).index_add_(0, cube, w.square())
-            self._squares += (squares - total.square() / count.clamp_min(1)).clamp_min(0)
+            mean = torch.zeros_like(count).index_add_(0, cube, w) / count.clamp_min(1)
+            self._squares += torch.zeros_like(count).index_add_(0, cube, (w - mean[cube]).square())
             self._dof += (count - 1).clamp_min(0)
             if self.keep_points:
                 self._points, self._weights = [points], [w]
