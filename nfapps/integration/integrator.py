@@ -618,8 +618,8 @@ class Integrator:
                 if stratum is not None and not keep:
                     stratum.forget_points()
                 started = time.perf_counter()
-                # a stream of its own: the estimate's points never coincide with training points
                 counts = stratum.allocate(n) if stratum is not None else None
+                # a stream of its own: the estimate's points never coincide with training points
                 z = stratum.points(counts, self._generator(1, counter)) if stratum is not None else None
                 placed = time.perf_counter() - started
                 _, _, w, spent = self.draw(n, stream=1, counter=counter, base=z, flow=candidates[name])

@@ -140,9 +140,12 @@ class Strata:
         """counts[h] uniform points in cube h, cube by cube (computed in float64, returned as float32,
         the default flows' dtype; cast them for a float64 flow)."""
         h = torch.repeat_interleave(torch.arange(self.cubes, device=self.device), counts.to(self.device))
-        digits = torch.stack([(h // stride) % m for stride, m in zip(self._strides, self.cells)], dim=1)
         u = torch.rand((len(h), self.dim), generator=generator, device=self.device, dtype=torch.float64)
-        return ((digits + u) / self._sizes).float()
+        return ((self._digits(h) + u) / self._sizes).float()
+
+    def _digits(self, h: Tensor) -> Tensor:
+        """The cell index along every dimension of cubes h, shape (len(h), d)."""
+        return torch.stack([(h // stride) % m for stride, m in zip(self._strides, self.cells)], dim=1)
 
     def rescale(self, w: Tensor, counts: Tensor) -> Tensor:
         """w̃ = w · n p_h / n_h, the weights with respect to the density the points were drawn from."""
@@ -188,12 +191,8 @@ class Strata:
         on circles, 0.079 to 0.077 on camel-4 and 0.0082 to 0.0073 on the Breit–Wigner peak."""
         if coarser.dim != self.dim:
             raise ValueError(f"cannot inherit spreads across dimensions ({coarser.dim} → {self.dim})")
-        h = torch.arange(self.cubes, device=self.device)
-        index = torch.zeros_like(h)
-        for stride, m, stride_old, m_old in zip(self._strides, self.cells, coarser._strides, coarser.cells):
-            centre = ((h // stride) % m).double().add(0.5).div(m)
-            index += (centre * m_old).long().clamp_max(m_old - 1) * stride_old
-        variance = coarser.spread().square().to(self.device)[index]
+        centres = (self._digits(torch.arange(self.cubes, device=self.device)).double() + 0.5) / self._sizes
+        variance = coarser.spread().square().to(self.device)[coarser.cube_of(centres).to(self.device)]
         self._squares, self._dof = variance * dof, torch.full_like(variance, float(dof))
         if coarser._points:
             points, w = torch.cat(coarser._points), torch.cat(coarser._weights)
@@ -222,7 +221,7 @@ class Strata:
 
     @classmethod
     def from_state(cls, state: dict, beta: float, device: torch.device | str = "cpu") -> "Strata":
-        strata = cls(state["cells"], beta, device, keep_points=state.get("keep_points", False))
+        strata = cls(state["cells"], beta, device, keep_points=state["keep_points"])
         strata._squares, strata._dof = state["squares"].to(strata.device), state["dof"].to(strata.device)
         if "points" in state:
             strata._points, strata._weights = [state["points"].to(strata.device)], [state["weights"].to(strata.device)]
