@@ -96,6 +96,12 @@ class Flow(nn.Module):
         x, inv_logabsdet = self.transform.inverse(z, context)
         return x, self.base.log_prob(z) - inv_logabsdet
 
+    def from_base_chunked(self, z: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+        """:meth:`from_base` (unconditional) ``chunk`` points at a time: on a CPU the per-point
+        cost of a long batch grows once its intermediates no longer fit in the cache."""
+        pieces = [self.from_base(piece) for piece in z.split(chunk)]
+        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+
     def sample(self, n: int, context: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` samples: shape ``(n, *event_shape)``, or ``(rows, n, *event_shape)``
         with a context of ``rows`` rows (``n`` samples for each context row)."""

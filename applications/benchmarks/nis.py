@@ -43,8 +43,11 @@ is its adaptation plus the credited final. With "best", VEGAS+'s pulls are those
 with the smaller reported error, which favours underestimated errors: pass ``--vegas-final keep``
 or ``restratify`` to study VEGAS+'s own error bars.
 
-The sampler cost is the time of ``flow.sample_and_log_prob`` per point for the default
-sampler at d = 2, 4, 8, 16 on the CPU (no gradient; best of ``--repeats`` calls after a
+The sampler cost is the time per point of drawing base points and pushing them, with their
+densities, through the default sampler (``from_base_chunked``, 16 chunks) with its defensive
+companion (:mod:`nfapps.integration.companion`: K = 8 Gaussians drawing 10 % of the points,
+whose flow density then needs the flow's other direction; the flow alone is timed too) at
+d = 2, 4, 8, 16 on the CPU (no gradient; best of ``--repeats`` calls after a
 warm-up), at the chunk size the estimate's draws go through the flow (``SAMPLER_CHUNK``) and at
 the training batch.
 
@@ -93,7 +96,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from nfapps.allocator import keep_freed_memory  # noqa: E402
 from nfapps.atomic import write_bytes_atomic  # noqa: E402
+from nfapps.flow import Flow  # noqa: E402
 from nfapps.integration import INTEGRANDS, Integrand  # noqa: E402
+from nfapps.integration.companion import COMPONENTS, SHARE, DefensiveMixture, GaussianCompanion  # noqa: E402
 from nfapps.integration.estimate import (  # noqa: E402
     Tally,
     bootstrap_unweighting_efficiency,
@@ -194,6 +199,11 @@ def run_nfapps(f: Integrand, s: Settings, seed: int) -> dict[str, Any]:
         sampler_us_per_point=1e6 * r.time_sampler_s / (r.calls_pilot + r.calls_estimate),
     )
     return record
+
+
+def _sampler_label(record: dict[str, Any]) -> str:
+    """The sampler that drew an nfapps estimate, "flow+c" for the flow with its companion."""
+    return record.get("sampler", "flow") + ("+c" if record.get("companion_share") else "")
 
 
 def warm_up(s: Settings) -> None:
@@ -307,22 +317,34 @@ def run_vegas(f: Integrand, s: Settings, seed: int) -> dict[str, Any]:
 
 # --- sampler cost ------------------------------------------------------------------------------
 def sampler_cost(s: Settings) -> list[dict[str, Any]]:
-    """µs per point of ``flow.sample_and_log_prob`` for the default sampler, on the CPU."""
+    """µs per point of drawing from the default sampler with its companion (and from the flow
+    alone), on the CPU."""
+
+    def per_point(sampler: Flow, n: int) -> list[float]:
+        """µs per point of drawing 16 chunks of n base points through the sampler, each repeat."""
+        def draw() -> None:
+            sampler.from_base_chunked(sampler.base.sample(16 * n), n)
+
+        times = []
+        with torch.no_grad():
+            draw()  # warm-up
+            for _ in range(s.repeats):
+                started = time.perf_counter()
+                draw()
+                times.append(1e6 * (time.perf_counter() - started) / (16 * n))
+        return times
+
     rows = []
     for dim in s.sampler_dims:
         flow = Integrator(lambda x: x[:, 0], dim, device="cpu", seed=s.seed).flow.eval()
+        mixture = DefensiveMixture(flow, GaussianCompanion(dim, COMPONENTS), SHARE).eval()
         for n in s.sampler_batches:
-            times = []
-            with torch.no_grad():
-                flow.sample_and_log_prob(n)  # warm-up
-                for _ in range(s.repeats):
-                    started = time.perf_counter()
-                    flow.sample_and_log_prob(n)
-                    times.append(time.perf_counter() - started)
-            rows.append({"dim": dim, "batch": n, "us_per_point": 1e6 * min(times) / n,
-                         "median_us_per_point": 1e6 * statistics.median(times) / n,
+            times, alone = per_point(mixture, n), per_point(flow, n)
+            rows.append({"dim": dim, "batch": n, "us_per_point": min(times), "median_us_per_point": statistics.median(times),
+                         "flow_alone_us_per_point": min(alone), "companion_share": SHARE,
                          "parameters": sum(p.numel() for p in flow.parameters())})
-            log.info("sampler d=%-2d batch %-6d %.2f µs/point", dim, n, rows[-1]["us_per_point"])
+            log.info("sampler d=%-2d batch %-6d %.2f µs/point (flow alone %.2f)", dim, n, rows[-1]["us_per_point"],
+                     rows[-1]["flow_alone_us_per_point"])
     return rows
 
 
@@ -446,7 +468,7 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
             ratio = _fmt(r.get("variance_ratio"), ".3g") if m == "nfapps" and "vegas" in r else ""
             lines.append(
                 f"{r['integrand'] if m == methods[0] else '':<14}{r['dim'] if m == methods[0] else '':>3} {m:<7}"
-                f"{x.get('sampler', 'grid') if m == 'nfapps' else 'grid':<8}"
+                f"{_sampler_label(x) if m == 'nfapps' else 'grid':<8}"
                 f"{x['value']:>13.6g}{x['true_relative_error']:>10.2e}{x['reported_relative_error']:>9.2e}"
                 f"{x['pull']:>7.2f}{x['relative_std']:>11.4g}{ratio:>9}"
                 f"{x['effective_sample_size'] / x['calls_estimate']:>7.3f}{x['unweighting_efficiency']:>8.4f}"
@@ -454,6 +476,7 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
                 f"{x['wall_s']:>8.3g}"
             )
     lines += ["", "sampler: what drew the estimate — nfapps' pilots choose the flow, its VEGAS grid or uniform points;",
+              "flow+c: the flow with its defensive Gaussian companion drawing 10 % of the points;",
               "rsd/event = σ·√N/|I| (N: the estimate's calls); var V/N = (rsd VEGAS / rsd nfapps)²: > 1, nfapps better;"
               "eff = ⟨w⟩/max w, eff bs = bootstrap (replicas of ≤ 10⁴ weights), eff tr = truncated at δ = 1e-3 overweight."]
     if "vegas" in methods:

@@ -12,6 +12,10 @@ w = g(u)/q_old(u), one of
 - the variance (χ² divergence) of the weights: ∇_θ Var = −E_{q_old}[w² · (q_old/q_θ) · ∇ log q_θ];
 - the KL divergence KL(|g|/‖g‖ ‖ q_θ):      ∇_θ KL = −E_{q_old}[|w| · ∇ log q_θ] / ‖g‖;
 so each batch of (expensive) integrand calls can serve several gradient steps (``reuse``).
+
+Where it measures no dearer, the estimate draws a share of its points from a defensive
+companion beside the flow (:mod:`~nfapps.integration.companion`), which bounds the weights in
+the flow's thin tails.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ..device import resolve_device
 from ..flow import Flow
 from ..serialization import flow_from_payload, flow_payload
 from ..transforms.coupling import antichain_layers
+from .companion import COMPONENTS, MAX_VARIANCE_RATIO, SHARE, DefensiveMixture, GaussianCompanion, fit_companion
 from .estimate import (
     PARETO_K_RELIABLE,
     Tally,
@@ -61,6 +66,9 @@ LOSSES = ("variance", "kl")
 #: Points pushed through the flow at once when drawing (per-point cost is lowest around here on a
 #: CPU: at 8192 the spline intermediates no longer fit in cache, 1.3–1.7× slower).
 SAMPLER_CHUNK = 4096
+
+#: The companion (:mod:`~nfapps.integration.companion`) is fitted on the last this many training points.
+COMPANION_POINTS = 65_536
 
 #: Training gives up on a flow whose recent batches vary more than this many times the grid's.
 GIVE_UP_MARGIN = 4.0
@@ -108,6 +116,7 @@ class IntegrationResult:
     calls_grid: int = 0  # of calls_training, those that adapted the VEGAS grid
     pareto_k: float = math.nan  # tail shape of the weights: ≥ 0.7, the error bar cannot be trusted
     points_per_cube: int = 0  # stratified: 2 (equal allocation) or ADAPTIVE_PER_CUBE (allocated by spread); 0: not
+    companion_share: float = 0.0  # the flow drew beside a defensive companion with this share (0: alone)
 
     @property
     def pull(self) -> float | None:
@@ -180,6 +189,10 @@ class Integrator:
             VEGAS's rule, on a share of the training calls; the estimate's pilots then pick
             the better of the two. A separable or flat integrand is the grid's (which a flow can
             only approximate), a correlated or multi-modal one the flow's.
+        companion, companion_share: components K and share α of a defensive companion for the
+            flow (:mod:`~nfapps.integration.companion`), fitted at the end of :meth:`train` on
+            its last points; the flow's estimate draws from the mixture where that measured no
+            more variance than the flow alone. 0 for none.
         rank, world_size: this process's share of the work; by default from torchrun
             (torch.distributed), where every rank draws its own points, training is data-parallel
             (DDP) and tallies are summed over ranks. Batch and call counts are global.
@@ -200,6 +213,8 @@ class Integrator:
         hidden: Sequence[int] | None = None,
         pre_map: int = 32,
         grid: int = 128,
+        companion: int = COMPONENTS,
+        companion_share: float = SHARE,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -217,6 +232,13 @@ class Integrator:
             raise ValueError(f"the flow models shape {flow.event_shape}, but the integrand has dim {self.dim}")
         self.flow = flow.to(self.device)
         self._adopt_grid(VegasGrid(self.dim, grid).to(self.device) if grid else None)
+        if companion < 0 or not 0 <= companion_share < 1:
+            raise ValueError(f"need companion ≥ 0 components and a share in [0, 1), got {companion}, {companion_share}")
+        self.companion_components, self.companion_share = int(companion), float(companion_share)
+        self.companion: GaussianCompanion | None = None
+        self.companion_ratio = math.nan  # its variance per event over the flow's (see train)
+        self._recent: list[Tensor] = []  # the last training points: rows (u, g, log q_drawn)
+        self.companion_fitted_at = -1  # calls_training when the companion was fitted
         self.sampler = self.flow  # the one that drew the latest estimate (see integrate)
         self.estimate_weights: np.ndarray | None = None
         self.flow.validate = False  # the points come from the flow itself
@@ -265,8 +287,7 @@ class Integrator:
             else:
                 z = flow.base.sample(n, generator=self._generator(stream, counter))
             # through the flow a few thousand points at a time: a quarter-million at once runs out of cache
-            pieces = [flow.from_base(piece) for piece in z.split(SAMPLER_CHUNK)]
-            u, log_q = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+            u, log_q = flow.from_base_chunked(z, SAMPLER_CHUNK)
         t1 = time.perf_counter()
         g = self.integrand(u)
         t2 = time.perf_counter()
@@ -391,6 +412,8 @@ class Integrator:
                 torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip_grad)
                 self.optimizer.step()
             self._record(w, batch, "flow", self.exponent)
+            if self.companion_components and self.companion_share > 0:
+                self._keep_recent(u, w * torch.exp(log_q_old.to(w.dtype)), log_q_old)
             if give_up_after and schedule_calls and self._flow_loses(batch * (step + 1), schedule_calls, give_up_after):
                 self.stopped = True
                 steps = step + 1
@@ -398,10 +421,46 @@ class Integrator:
                             GIVE_UP_MARGIN, self.calls_training + steps * batch)
                 break
         self.calls_training += steps * batch
-        self.time_training += time.perf_counter() - started
         del model
         self.flow.eval()
+        self.time_training += time.perf_counter() - started
         return self.history
+
+    def _keep_recent(self, u: Tensor, g: Tensor, log_q: Tensor) -> None:
+        """Keep the last :data:`COMPANION_POINTS` training points of all ranks (every rank keeps
+        the same) for the companion; they are part of the saved state, so that a run trained in
+        pieces or resumed fits the same companion as one trained in one go."""
+        kept = torch.cat([u.detach(), g.detach()[:, None].to(u.dtype), log_q.detach()[:, None].to(u.dtype)], dim=1)
+        if self.world_size > 1:
+            kept = torch.as_tensor(dist.all_gather_array(kept.cpu().numpy().reshape(-1))).reshape(-1, self.dim + 2).to(u)
+        self._recent.append(kept)
+        while sum(len(part) for part in self._recent[1:]) >= COMPANION_POINTS:
+            self._recent.pop(0)
+
+    def _fit_companion(self) -> None:
+        """Fit the defensive companion on the kept training points, if the flow has trained since
+        the last fit, and measure whether the mixture beats the flow alone
+        (:func:`~nfapps.integration.companion.fit_companion`); the time counts as training."""
+        if not (self.companion_components and self.companion_share > 0 and self._recent) \
+                or self.companion_fitted_at == self.calls_training:
+            return
+        started = time.perf_counter()
+        kept = torch.cat(self._recent)
+        u, g, log_q = kept[:, :self.dim], kept[:, self.dim].to(torch.float64), kept[:, self.dim + 1]
+        self.companion_fitted_at = self.calls_training
+        self.companion, self.companion_ratio = None, math.nan
+        if len(u) >= 4 * self.companion_components and bool(g.abs().sum() > 0):
+            self.companion, self.companion_ratio = fit_companion(
+                self.flow, u, g, log_q, self.companion_components, self.companion_share)
+            logger.info("defensive companion: variance per event %.3g× the flow's alone: %s", self.companion_ratio,
+                        "the estimate draws from the mixture" if self._mixture() is not None else "not used")
+        self.time_training += time.perf_counter() - started
+
+    def _mixture(self) -> DefensiveMixture | None:
+        """The flow with its companion where that measured no more variance than the flow alone."""
+        if self.companion is None or not self.companion_ratio <= MAX_VARIANCE_RATIO:
+            return None
+        return DefensiveMixture(self.flow, self.companion, self.companion_share)
 
     def _flow_loses(self, calls_now: int, schedule_calls: int, after: float) -> bool:
         """Whether, ``after`` of the schedule in, the flow's last 16 batches vary (median) more than
@@ -440,6 +499,10 @@ class Integrator:
                 "grid_tail": self.grid_tail,
                 "time_training": self.time_training,
                 "history": self.history,
+                "companion": {
+                    "recent": torch.cat(self._recent).cpu() if self._recent else None,
+                    "fitted_at": self.companion_fitted_at, "ratio": self.companion_ratio,
+                    "state": None if self.companion is None else {k: v.cpu() for k, v in self.companion.state_dict().items()}},
             },
             path,
             "integrator",
@@ -471,6 +534,12 @@ class Integrator:
         self.grid_tail = state["grid_tail"]
         self.time_training = state["time_training"]
         self.history = list(state["history"])
+        saved = state.get("companion") or {"recent": None, "fitted_at": -1, "ratio": math.nan, "state": None}
+        self._recent = [saved["recent"].to(self.device)] if saved["recent"] is not None else []
+        self.companion_fitted_at, self.companion_ratio, self.companion = saved["fitted_at"], saved["ratio"], None
+        if saved["state"] is not None:
+            self.companion = GaussianCompanion(self.dim, len(saved["state"]["log_weights"])).to(self.device)
+            self.companion.load_state_dict(saved["state"])
         return self
 
     # -- estimate --------------------------------------------------------------------------------
@@ -532,6 +601,13 @@ class Integrator:
         their values would bias the estimate (the chosen pilot is the one that came out with the
         smaller spread), so they stay out of it and count as ``calls_pilot``.
 
+        The flow's candidate is the flow with its defensive companion,
+        (1 − α) q + α c (:mod:`~nfapps.integration.companion`), where that measured no more
+        variance per event than the flow alone on the training's last points (fitted here on
+        first use after training, its time counted as training): the companion's Gaussians
+        cap the rare huge weights of a flow whose tails fall off faster than |g|, which
+        otherwise leave most estimates low with too small an error bar.
+
         With ``checkpoint`` the estimate's progress (tallies, weights, strata, the choice) is
         written there atomically after every batch, and a later call with the same arguments
         on the same sampler continues from it: an interrupted estimate loses at most one batch
@@ -546,7 +622,9 @@ class Integrator:
         if not math.isfinite(weight_exponent) or weight_exponent < 0:
             raise ValueError(f"weight_exponent must be a finite number ≥ 0, got {weight_exponent}")
         self.flow.eval()
-        candidates = {"flow": self.flow}
+        self._fit_companion()
+        mixture = self._mixture()
+        candidates = {"flow": self.flow if mixture is None else mixture}
         if choose and (self.calls_training or self.calls_grid):
             if self.grid is not None and self.calls_grid:
                 candidates["grid"] = self.grid
@@ -554,7 +632,7 @@ class Integrator:
         share = self._share(calls)
         pilot = min(batch, calls // (8 * len(candidates)) // self.world_size)  # an eighth of the calls in all
         if pilot < 2:
-            candidates = {"flow": self.flow}
+            candidates = {"flow": candidates["flow"]}
         batch = max(batch, 2)
         plan = [(name, pilot) for name in candidates] if len(candidates) > 1 else []
         probe = max(min(batch, share) // 8, 2)  # without pilots a small first batch decides per_cube
@@ -565,7 +643,7 @@ class Integrator:
             signature = {"calls": calls, "batch": batch, "stratify": stratify, "per_cube": per_cube, "beta": beta,
                          "weight_exponent": weight_exponent,
                          "candidates": list(candidates), "pilot": pilot, "seed": self.seed, "rank": self.rank,
-                         "world_size": self.world_size, "sampler": _fingerprint(self.flow, self.grid)}
+                         "world_size": self.world_size, "sampler": _fingerprint(candidates["flow"], self.grid)}
             if self.world_size > 1:
                 checkpoint = Path(f"{checkpoint}.rank{self.rank}")
         if checkpoint is not None and Path(checkpoint).is_file():
@@ -666,6 +744,7 @@ class Integrator:
             time_integrand_s=timings["integrand"], time_sampler_s=timings["sampler"], time_training_s=self.time_training,
             peak_memory_mb=_peak_memory_mb(self.device), device=str(self.device), tally=tally.to_dict(), exact=exact,
             sampler=chosen, pareto_k=tail, points_per_cube=run.per_cube if stratify else 0,
+            companion_share=candidates[chosen].share if isinstance(candidates[chosen], DefensiveMixture) else 0.0,
         )
 
 

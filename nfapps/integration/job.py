@@ -4,8 +4,8 @@ A run directory ``out`` ends up holding::
 
     run.json        the run's settings (written first; ``resume`` checks against it)
     state.nfapps    the integrator's state after each training chunk (Integrator.save)
-    sampler.nfapps  the sampler that drew the estimate (flow, VEGAS grid or uniform), reloadable
-                    with nfapps.load (plus the integral's metadata)
+    sampler.nfapps  the sampler that drew the estimate (flow, flow with its defensive companion, VEGAS
+                    grid or uniform), reloadable with nfapps.load (plus the integral's metadata)
     history.csv     batch, training calls so far, relative std per event of the batch's weights,
                     phase (grid adaptation or flow training), tempering exponent β
     training.png    relative std per event against training calls
@@ -72,7 +72,7 @@ def _library_defaults() -> dict[str, Any]:
     defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
                                                    "replica_size", "stratify", "choose", "grid_fraction", "min_ess",
                                                    "tempering_ramp")}
-    defaults.update({key: sampler[key].default for key in ("bins", "transforms", "hidden", "pre_map", "grid")})
+    defaults.update({key: sampler[key].default for key in ("bins", "transforms", "hidden", "pre_map", "grid", "companion")})
     return defaults
 
 
@@ -356,6 +356,7 @@ def run_integration(
     hidden: Sequence[int] | None = None,
     pre_map: int | None = None,
     grid: int | None = None,
+    companion: int | None = None,
     grid_fraction: float | None = None,
     min_ess: float | None = None,
     tempering_ramp: float | None = None,
@@ -388,7 +389,8 @@ def run_integration(
     given = {
         "integrand": integrand, "dim": dim, "bounds": bounds, "calls": calls, "training_fraction": training_fraction,
         "batch": batch, "loss": loss, "reuse": reuse, "lr": lr, "seed": seed, "bins": bins, "transforms": transforms,
-        "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "grid": grid, "grid_fraction": grid_fraction,
+        "hidden": list(hidden) if hidden is not None else None, "pre_map": pre_map, "grid": grid, "companion": companion,
+        "grid_fraction": grid_fraction,
         "min_ess": min_ess, "tempering_ramp": tempering_ramp, "estimate_batch": estimate_batch,
         "replica_size": replica_size, "stratify": stratify, "choose": choose, "chunks": chunks, "events": events,
         "unweighted": unweighted,
@@ -438,6 +440,8 @@ def run_integration(
         raise ValueError(f"training_fraction must be in [0, 1), got {fraction}")
     if not isinstance(settings["grid"], int) or isinstance(settings["grid"], bool) or settings["grid"] < 0:
         raise ValueError(f"grid must be an integer ≥ 0 (bins per dimension; 0 for none), got {settings['grid']!r}")
+    if not isinstance(settings["companion"], int) or isinstance(settings["companion"], bool) or settings["companion"] < 0:
+        raise ValueError(f"companion must be an integer ≥ 0 (Gaussians beside the flow; 0 for none), got {settings['companion']!r}")
     if not 0 <= settings["grid_fraction"] <= 1:
         raise ValueError(f"grid_fraction must be in [0, 1], got {settings['grid_fraction']}")
     if not 0 <= settings["min_ess"] < 1:
@@ -465,7 +469,7 @@ def run_integration(
     integrator = Integrator(
         resolved.f, resolved.dim, resolved.bounds, device=device, seed=settings["seed"],
         bins=settings["bins"], transforms=settings["transforms"], hidden=settings["hidden"],
-        pre_map=settings["pre_map"], grid=settings["grid"],
+        pre_map=settings["pre_map"], grid=settings["grid"], companion=settings["companion"],
     )
     # Check the integrand on a few points before anything is written: a function that raises,
     # returns the wrong shape or indexes past its dimension fails here, with nothing to clean up.
