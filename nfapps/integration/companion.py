@@ -123,18 +123,22 @@ class GaussianCompanion(nn.Module):
                              f"got {tuple(x.shape)} and {tuple(w.shape)}")
         w = w / w.sum()
         generator = torch.Generator(device=x.device).manual_seed(0)
-        start = torch.multinomial(w, self.components, replacement=len(x) < self.components, generator=generator)
+        enough = int((w > 0).sum()) >= self.components  # distinct starting points where there are as many
+        start = torch.multinomial(w, self.components, replacement=not enough, generator=generator)
         spread = ((x - w @ x).square().T @ w).sqrt().clamp_min(MIN_SCALE)
         means, scales = x[start].clone(), spread.expand(self.components, -1).clone()
         log_weights = torch.full((self.components,), -math.log(self.components), dtype=torch.float64, device=x.device)
+        x2 = x.square()
         for _ in range(iterations):
-            standard = (x[:, None, :] - means) / scales
-            log_r = -0.5 * standard.square().sum(2) - torch.log(scales).sum(1) + log_weights
+            # Σ_j (x_j − μ_kj)²/σ_kj² expanded into matrix products (no (n, K, d) intermediate)
+            precision = scales.pow(-2)
+            squares = x2 @ precision.T - 2 * x @ (means * precision).T + (means.square() * precision).sum(1)
+            log_r = -0.5 * squares - torch.log(scales).sum(1) + log_weights
             r = torch.softmax(log_r, dim=1) * w[:, None]  # (n, K), responsibilities times weights
             mass = r.sum(0).clamp_min(1e-300)
             log_weights = torch.log(mass / mass.sum())
             means = (r.T @ x) / mass[:, None]
-            scales = ((r.T @ x.square()) / mass[:, None] - means.square()).clamp_min(0).sqrt().clamp_min(MIN_SCALE)
+            scales = ((r.T @ x2) / mass[:, None] - means.square()).clamp_min(0).sqrt().clamp_min(MIN_SCALE)
         self.log_weights.copy_(log_weights)
         self.means.copy_(means.clamp(0, 1))
         self.scales.copy_(scales * widen)

@@ -190,9 +190,9 @@ class Integrator:
             the better of the two. A separable or flat integrand is the grid's (which a flow can
             only approximate), a correlated or multi-modal one the flow's.
         companion, companion_share: components K and share α of a defensive companion for the
-            flow (:mod:`~nfapps.integration.companion`), fitted at the end of :meth:`train` on
-            its last points; the flow's estimate draws from the mixture where that measured no
-            more variance than the flow alone. 0 for none.
+            flow (:mod:`~nfapps.integration.companion`), fitted on the training's last points
+            when the estimate first needs it; the flow's estimate draws from the mixture where
+            that measured no more variance than the flow alone. 0 for none.
         rank, world_size: this process's share of the work; by default from torchrun
             (torch.distributed), where every rank draws its own points, training is data-parallel
             (DDP) and tallies are summed over ranks. Batch and call counts are global.
@@ -236,7 +236,7 @@ class Integrator:
             raise ValueError(f"need companion ≥ 0 components and a share in [0, 1), got {companion}, {companion_share}")
         self.companion_components, self.companion_share = int(companion), float(companion_share)
         self.companion: GaussianCompanion | None = None
-        self.companion_ratio = math.nan  # its variance per event over the flow's (see train)
+        self.companion_ratio = math.nan  # the mixture's variance per event over the flow's (see _fit_companion)
         self._recent: list[Tensor] = []  # the last training points: rows (u, g, log q_drawn)
         self.companion_fitted_at = -1  # calls_training when the companion was fitted
         self.sampler = self.flow  # the one that drew the latest estimate (see integrate)
