@@ -37,6 +37,27 @@ def test_companion_density_normalises_on_the_cube():
     assert mass == pytest.approx(1.0, abs=2e-3)  # midpoint rule on a component of width 0.03
 
 
+def test_companion_density_equals_the_direct_sum_even_for_the_narrowest_components():
+    """log c(x), computed from one matrix product of [x, x²], against the textbook sum over
+    components of Π_j φ((x_j − μ_kj)/σ_kj)/(σ_kj Z_kj), in float64 and for float32 points, with
+    components as narrow as MIN_SCALE where the expansion's terms are ~10⁶ and cancel."""
+    from nfapps.integration.companion import MIN_SCALE
+
+    c = GaussianCompanion(5, 3)
+    g = torch.Generator().manual_seed(7)
+    c.log_weights.copy_(torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64).log())
+    c.means.copy_(torch.rand(3, 5, generator=g, dtype=torch.float64))
+    c.scales.copy_(torch.tensor([MIN_SCALE, 0.01, 0.3], dtype=torch.float64)[:, None].expand(3, 5))
+    near = c.means[0] + MIN_SCALE * torch.randn(200, 5, generator=g, dtype=torch.float64)  # inside the narrowest
+    x = torch.cat([near.clamp(0, 1), torch.rand(200, 5, generator=g, dtype=torch.float64)])
+    normal = torch.distributions.Normal(c.means, c.scales)  # (K, d)
+    mass = (normal.cdf(torch.ones(())) - normal.cdf(torch.zeros(()))).log().sum(1)  # log Π_j Z_kj
+    direct = torch.logsumexp(normal.log_prob(x[:, None, :]).sum(2) - mass + c.log_weights, dim=1)
+    assert torch.allclose(c.log_prob(x), direct, rtol=0, atol=1e-9)
+    assert c.log_prob(x.float()).dtype == torch.float32
+    assert torch.allclose(c.log_prob(x.float()).double(), direct, rtol=1e-6, atol=1e-4)
+
+
 def test_companion_samples_follow_its_density():
     c = _companion()
     x = c.from_uniform(torch.rand(200_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))

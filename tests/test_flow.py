@@ -1,10 +1,13 @@
 """The Flow API: shapes, one-pass sampling with log-densities, gradients, and bad-input errors."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from conftest import perturb
 
+import nfapps
 from nfapps.builders import MAF, NSF, RealNVP
 
 BUILDERS = {
@@ -59,6 +62,15 @@ def test_bounded_flow_stays_in_the_unit_cube_and_is_uniform_at_init():
     x, log_prob = flow.sample_and_log_prob(1000)
     assert ((x >= 0) & (x <= 1)).all()
     torch.testing.assert_close(log_prob, torch.zeros(1000), atol=1e-5, rtol=0)
+
+
+def test_box_uniform_density_inside_at_the_ends_and_outside():
+    box = nfapps.BoxUniform(3, low=-1.0, high=1.0)
+    eps = torch.finfo(torch.float32).eps
+    z = torch.tensor([[0.0, 0.5, -0.5], [1.0, -1.0, 1.0], [1 + 4 * eps, -1 - 4 * eps, 0.0],  # ends, rounding slack
+                      [1.01, 0.0, 0.0], [0.0, 0.0, -1.5], [float("nan"), 0.0, 0.0]])
+    expected = torch.tensor([-3 * math.log(2)] * 3 + [-math.inf] * 3)
+    assert torch.equal(box.log_prob(z), expected)
 
 
 def test_numpy_input_is_accepted():

@@ -476,8 +476,8 @@ def test_the_default_sampler_is_sized_by_dimension():
     drawing through the splines themselves; every dimension conditions every other."""
     assert sampler_size(2) == {"bins": 16, "transforms": 2, "hidden": (64, 64), "sampling": "inverse"}
     assert sampler_size(3)["transforms"] == sampler_size(4)["transforms"] == 4
-    assert sampler_size(8) == {"bins": 8, "transforms": 6, "hidden": (64, 64), "sampling": "forward"}
-    assert sampler_size(16) == {"bins": 6, "transforms": 6, "hidden": (32, 32), "sampling": "forward"}
+    assert sampler_size(8) == {"bins": 8, "transforms": 6, "hidden": (32, 32), "sampling": "forward"}
+    assert sampler_size(16) == {"bins": 4, "transforms": 6, "hidden": (32, 32), "sampling": "forward"}
     assert sampler_size(96)["transforms"] == 9
     assert sampler_size(16, bins=4, transforms=8, hidden=[16])["hidden"] == (16,)
     for dim in (3, 9):

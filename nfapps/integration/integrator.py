@@ -144,26 +144,29 @@ def sampler_size(dim: int, bins: int | None = None, transforms: int | None = Non
     0.083 and 0.068 so, with 6 layers 0.094 and 0.072, and drawing through the splines
     themselves 0.115 and 0.090.
     Above: 6 layers, or :func:`~nfapps.transforms.coupling.antichain_layers` (d) where that is
-    more (7 from d = 21, 9 at d = 96: every dimension conditions every other), hidden 64 × 64
-    and 8 bins up to d = 8, 32 × 32 and 6 bins above, and samples drawn through the splines
-    themselves (no quadratic solve). That cuts drawing a point with its density on one CPU core
-    to about 3.6 µs at d = 8 and 4.2 µs at d = 16 (from 7 and 18; the conditioners' outputs,
-    d/2·(3K+1) per layer, and the element-wise maps grow with d) at about the variance of the
-    larger flow (camel-8 and camel-16 0.22 and 0.39, against 0.21 and 0.35). At d = 8, 32 × 32
-    gave the same variance but fewer unweighted events (classic efficiency 0.029 against
-    0.034). At d = 16, 6 bins instead of 8 cost 4.2 instead of 5.0 µs per point, and camel-16
-    measured 0.29–0.43 on seeds 0–5 (mean 0.35) against 0.30–0.78 (mean 0.44) with 8;
-    gaussian-16 0.085 against 0.080 (seeds 0, 1). Before the tempering ramp (see
-    :meth:`Integrator.train`) either width could collapse onto one of camel-16's two peaks
-    (half the integral, with a tiny error bar): 32 × 32 did in 4 of 10 seeds at 3·10⁵ calls,
-    64 × 64 in seed 0 at 10⁶; with the ramp none of seeds 0–19 at 10⁶ did.
+    more (7 from d = 21, 9 at d = 96: every dimension conditions every other), hidden 32 × 32,
+    8 bins up to d = 8 and 4 above, and samples drawn through the splines themselves (no
+    quadratic solve). Drawing a point with its density costs ≈ 3.0 µs at d = 8 and ≈ 3.7 µs at
+    d = 16 on one CPU core (from 7 and 18 for the i-flow-sized flow; the conditioners'
+    outputs, d/2·(3K+1) per layer, and the element-wise maps grow with d, and the last
+    conditioner layer runs at the core's peak FLOP rate). With the defensive companion
+    (:mod:`~nfapps.integration.companion`, which caps the tails) the smaller sizes cost no
+    variance, measured at 10⁶ calls on seeds 0, 1, 2: camel-8 0.176 / 0.160 / 0.176 with
+    32 × 32 against 0.177 / 0.255 / 0.164 with 64 × 64, gaussian-8 0.057 / 0.054 against
+    0.056 / 0.055 (classic unweighting efficiency on camel-8 0.15–0.20 against 0.11–0.16); at
+    d = 16, 4 bins instead of 6 (−15 % time): camel-16 0.267 / 0.257 / 0.252 / 0.277 on seeds
+    0–3 against 0.317 / 0.242 / 0.239 / 0.241, gaussian-16 0.097–0.098 against 0.083–0.086
+    (VEGAS+: 1.78). Before the tempering ramp (see :meth:`Integrator.train`) camel-16 could
+    collapse onto one of its two peaks (half the integral, with a tiny error bar): 32 × 32 did
+    in 4 of 10 seeds at 3·10⁵ calls, 64 × 64 in seed 0 at 10⁶; with the ramp none of seeds
+    0–19 at 10⁶ did.
     """
     small = dim <= 4
     layers = max(2, 2 * math.ceil(math.log2(max(dim, 2)))) if small else max(6, antichain_layers(dim))
     return {
-        "bins": (16 if small else 8 if dim <= 8 else 6) if bins is None else bins,
+        "bins": (16 if small else 8 if dim <= 8 else 4) if bins is None else bins,
         "transforms": layers if transforms is None else transforms,
-        "hidden": ((64, 64) if dim <= 8 else (32, 32)) if hidden is None else tuple(hidden),
+        "hidden": ((64, 64) if small else (32, 32)) if hidden is None else tuple(hidden),
         "sampling": "inverse" if small else "forward",
     }
 
