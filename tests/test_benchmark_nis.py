@@ -73,7 +73,8 @@ def test_pulls_mode_summarises_every_seed(nis, tmp_path):
     for method in result["methods"]:
         pooled = result["pulls"][method]["pooled"]
         assert pooled["n"] == 3
-        assert set(pooled) == {"n", "mean", "std", "coverage_1sigma", "coverage_2sigma", "max_abs"}
+        assert set(pooled) == {"n", "mean", "std", "coverage_1sigma", "coverage_2sigma", "max_abs", "ks_pvalue"}
+        assert 0 <= pooled["ks_pvalue"] <= 1
         pulls = [r[method]["pull"] for r in result["runs"]]
         assert math.isclose(pooled["mean"], sum(pulls) / 3)
         assert pooled["coverage_1sigma"] == sum(abs(p) < 1 for p in pulls) / 3
@@ -119,8 +120,13 @@ def test_targets_judge_the_issue_thresholds(nis):
     # camel-16 missed a mode: a small spread around a wrong value passes nothing
     rows = [row("camel-8", 0.25, 1.7), row("gaussian-4", 0.5, 0.2), row("circles", 0.1, 0.2, eff_ratio=1.5),
             row("camel-16", 0.14, 23.8, eff_ratio=100, pull=-4700)]
-    pulls = {"nfapps": {"pooled": {"n": 1000, "mean": 0.02, "std": 1.0, "coverage_1sigma": 0.69,
-                                   "coverage_2sigma": 0.95, "max_abs": 3.9}}}
+    def pull_stats(n, mean, std=1.0, coverage=0.69, max_abs=3.0):
+        return {"n": n, "mean": mean, "std": std, "coverage_1sigma": coverage, "coverage_2sigma": 0.95,
+                "max_abs": max_abs, "ks_pvalue": 0.5}
+
+    pulls = {"nfapps": {"pooled": pull_stats(1000, 0.02, max_abs=3.9),
+                        "per_integrand": {"camel-8": pull_stats(100, 0.05), "circles": pull_stats(100, 0.05, std=1.2),
+                                          "camel-2": pull_stats(100, -0.15), "gaussian-4": pull_stats(99, 0.5)}}}
     out = nis.check_targets(rows, pulls, 100, [{"dim": 16, "batch": 65536, "us_per_point": 6.0}])
     verdict = {(t["target"].split(" (")[0], t["integrand"]): t["passed"] for t in out["rows"]}
     assert verdict[("relative std per event", "camel-8")] is True
@@ -134,5 +140,7 @@ def test_targets_judge_the_issue_thresholds(nis):
     assert verdict[("relative std per event", "camel-16")] is False  # 0.14 ≤ 1.5, but the answer is wrong
     assert verdict[("variance ratio VEGAS/nfapps", "camel-16")] is False
     assert verdict[("unweighting eff. / VEGAS's", "camel-16")] is False
-    assert all(t["passed"] for t in out["rows"] if t["target"].startswith("pulls"))
+    assert all(t["passed"] for t in out["rows"] if t["target"].startswith("pulls ("))  # pooled
+    per = {t["integrand"]: t["passed"] for t in out["rows"] if t["target"].startswith("pulls of one integrand")}
+    assert per == {"camel-8": True, "circles": False, "camel-2": False}  # gaussian-4: too few seeds to judge
     assert verdict[("sampler µs/point", "d=16")] is False

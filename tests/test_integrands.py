@@ -108,6 +108,27 @@ def test_gaussian_and_camel_by_exact_importance_sampling(dim):
     assert torch.allclose(w, torch.full_like(w, EXPECTED[f"camel-{dim}"][1]), rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("name", ["gaussian-2", "gaussian-16", "camel-4", "camel-16"])
+def test_exact_sampler_draws_the_normalised_integrand(name):
+    """Integrand.sample: every coordinate follows p's marginal (KS against the truncated normals'
+    CDF, a mixture of the humps' for camel), and a point's coordinates come from one hump
+    (E[x₀x₁] = Σ_c m_c²/H for hump means m_c, not the product of the marginal means)."""
+    from scipy.stats import kstest, truncnorm
+
+    f = get_integrand(name)
+    x = f.sample(20_000, torch.Generator().manual_seed(3))
+    assert x.shape == (20_000, f.dim) and x.dtype == torch.float64 and bool(((x >= 0) & (x <= 1)).all())
+    sigma = 0.2 / math.sqrt(2)
+    humps = [truncnorm(-c / sigma, (1 - c) / sigma, loc=c, scale=sigma) for c in ((0.5,) if "gaussian" in name else (1 / 3, 2 / 3))]
+    for j in (0, f.dim - 1):
+        assert kstest(x[:, j].numpy(), lambda t: sum(h.cdf(t) for h in humps) / len(humps)).pvalue > 1e-3
+    product = (x[:, 0] * x[:, 1]).numpy()
+    expected = sum(h.mean() ** 2 for h in humps) / len(humps)
+    assert abs(product.mean() - expected) < 4 * product.std() / math.sqrt(len(product))
+    with pytest.raises(ValueError, match="no exact sampler"):
+        get_integrand("circles").sample(10)
+
+
 @pytest.mark.parametrize("alpha", [0.2, 0.1, 0.5])
 def test_erf_closed_forms_against_one_dimensional_quadrature(alpha):
     norm = 1 / (alpha * math.sqrt(math.pi))

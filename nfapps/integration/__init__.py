@@ -7,10 +7,10 @@
 from .estimate import Tally
 from .events import generate_events
 from .integrands import INTEGRANDS, Integrand, get_integrand
-from .integrator import IntegrationResult, Integrator, integrate, sampler_size
+from .integrator import IntegrationResult, Integrator, integrate, sampler_size, trained_integrator
 from .job import run_integration
 
 __all__ = [
-    "integrate", "Integrator", "IntegrationResult", "Tally", "sampler_size",
+    "integrate", "trained_integrator", "Integrator", "IntegrationResult", "Tally", "sampler_size",
     "INTEGRANDS", "Integrand", "get_integrand", "run_integration", "generate_events",
 ]

@@ -60,6 +60,18 @@ class Integrand:
     description: str = field(repr=False)
     separable: bool
     tags: tuple[str, ...] = ()
+    #: Exact draws from the normalised integrand p = f/∫f, where f ≥ 0 and that is easy (the
+    #: Gaussians and camels): (n, generator) → points (n, dim), float64. A sampler's true
+    #: variance per event is then E_p[p/q] − 1 (see :meth:`sample`).
+    exact_sampler: Callable[[int, torch.Generator | None], Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n exact draws (float64, on the CPU) from p = f/∫f. For any sampler q,
+        E_p[p/q] = E_q[(f/q)²]/(∫f)² = 1 + (relative std per event)², so these points measure
+        a sampler's true variance, heavy tails included, where its own draws rarely reach them."""
+        if self.exact_sampler is None:
+            raise ValueError(f"{self.name} has no exact sampler (the Gaussian and camel integrands have one)")
+        return self.exact_sampler(int(n), generator)
 
     def __call__(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -78,6 +90,22 @@ def _gaussian_product(x: Tensor, centre: float, alpha: float) -> Tensor:
     return torch.exp(log_norm - ((x - centre) / alpha).square().sum(dim=1))
 
 
+def _humps_sampler(dim: int, centres: tuple[float, ...], alpha: float) -> Callable[[int, torch.Generator | None], Tensor]:
+    """Exact draws from Σ_c Π_i exp(−(x_i − c)²/α²) normalised on [0, 1]^d, for centres whose
+    humps hold equal mass on the cube (c and 1 − c, or one centre): a hump picked uniformly,
+    then every coordinate from N(c, α²/2) truncated to [0, 1] by the inverse CDF."""
+    sigma = alpha / math.sqrt(2)
+
+    def draw(n: int, generator: torch.Generator | None = None) -> Tensor:
+        pick = torch.randint(len(centres), (n, 1), generator=generator)
+        c = torch.tensor(centres, dtype=torch.float64)[pick]
+        low, high = torch.special.ndtr(-c / sigma), torch.special.ndtr((1 - c) / sigma)
+        u = torch.rand(n, dim, generator=generator, dtype=torch.float64)
+        return (c + sigma * torch.special.ndtri(low + u * (high - low))).clamp(0, 1)
+
+    return draw
+
+
 def gaussian(dim: int, alpha: float = IFLOW_ALPHA) -> Integrand:
     """f(x) = (α√π)^−d · exp(−Σ_i (x_i − ½)²/α²)  (i-flow eq. 15).
 
@@ -89,7 +117,7 @@ def gaussian(dim: int, alpha: float = IFLOW_ALPHA) -> Integrand:
         name=f"gaussian-{dim}", dim=dim, fn=lambda x: _gaussian_product(x, 0.5, alpha),
         exact=math.erf(1 / (2 * alpha)) ** dim,
         description=f"(α√π)^−d exp(−Σ(xᵢ−½)²/α²), α = {alpha}; exact erf(1/(2α))^d (i-flow eq. 15)",
-        separable=True, tags=("i-flow", "peaked"),
+        separable=True, tags=("i-flow", "peaked"), exact_sampler=_humps_sampler(dim, (0.5,), alpha),
     )
 
 
@@ -107,7 +135,7 @@ def camel(dim: int, alpha: float = IFLOW_ALPHA) -> Integrand:
         exact=(0.5 * (math.erf(1 / (3 * alpha)) + math.erf(2 / (3 * alpha)))) ** dim,
         description=(f"½(α√π)^−d [exp(−Σ(xᵢ−⅓)²/α²) + exp(−Σ(xᵢ−⅔)²/α²)], α = {alpha}; "
                      "exact [½(erf(1/(3α)) + erf(2/(3α)))]^d (i-flow eq. 17)"),
-        separable=False, tags=("i-flow", "peaked", "multimodal"),
+        separable=False, tags=("i-flow", "peaked", "multimodal"), exact_sampler=_humps_sampler(dim, (1 / 3, 2 / 3), alpha),
     )
 
 

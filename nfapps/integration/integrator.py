@@ -792,6 +792,42 @@ def _all_reduce(tally: Tally) -> Tally:
     return Tally.from_tensor(dist.all_reduce_sum(tally.to_tensor()), dist.all_reduce_max(tally.max_abs_w))
 
 
+def trained_integrator(
+    f: Callable,
+    dim: int,
+    bounds: Sequence[Sequence[float]] | None = None,
+    calls: int = 1_000_000,
+    training_fraction: float = 0.5,
+    *,
+    batch: int = 512,
+    loss: str = "variance",
+    reuse: int = 8,
+    lr: float = 3e-3,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    grid_fraction: float = 0.2,
+    min_ess: float = 0.05,
+    tempering_ramp: float = 0.1,
+    **sampler: Any,
+) -> Integrator:
+    """An :class:`Integrator` trained as :func:`integrate` trains it for a budget of ``calls``:
+    ``training_fraction`` of them, of which ``grid_fraction`` adapt the VEGAS grid (unless
+    ``grid=0``) and the rest train the flow; ``integrator.integrate(calls − spent)`` then
+    spends the rest, with spent = ``calls_training + calls_grid``."""
+    if not 0 <= training_fraction < 1:
+        raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
+    if not 0 <= grid_fraction <= 1:
+        raise ValueError(f"grid_fraction must be in [0, 1], got {grid_fraction}")
+    integrator = Integrator(f, dim, bounds, device=device, seed=seed, **sampler)
+    grid_calls, flow_calls = split_training(calls, training_fraction, grid_fraction, integrator.grid is not None)
+    if grid_calls:
+        integrator.adapt_grid(grid_calls, progress=progress)
+    integrator.train(flow_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=flow_calls,
+                     min_ess=min_ess, tempering_ramp=tempering_ramp)
+    return integrator
+
+
 def integrate(
     f: Callable,
     dim: int,
@@ -825,16 +861,9 @@ def integrate(
     rest train the flow, tempered while a batch's effective sample size is below ``min_ess``
     with β rising no faster than over ``tempering_ramp`` of the training (see
     :meth:`Integrator.train`)."""
-    if not 0 <= training_fraction < 1:
-        raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
-    if not 0 <= grid_fraction <= 1:
-        raise ValueError(f"grid_fraction must be in [0, 1], got {grid_fraction}")
-    integrator = Integrator(f, dim, bounds, device=device, seed=seed, **sampler)
-    grid_calls, flow_calls = split_training(calls, training_fraction, grid_fraction, integrator.grid is not None)
-    if grid_calls:
-        integrator.adapt_grid(grid_calls, progress=progress)
-    integrator.train(flow_calls, batch=batch, loss=loss, reuse=reuse, lr=lr, progress=progress, schedule_calls=flow_calls,
-                     min_ess=min_ess, tempering_ramp=tempering_ramp)
+    integrator = trained_integrator(
+        f, dim, bounds, calls, training_fraction, batch=batch, loss=loss, reuse=reuse, lr=lr, device=device, seed=seed,
+        progress=progress, grid_fraction=grid_fraction, min_ess=min_ess, tempering_ramp=tempering_ramp, **sampler)
     spent = integrator.calls_training + integrator.calls_grid
     return integrator.integrate(calls - spent, batch=estimate_batch, progress=progress, exact=exact,
                                 replica_size=replica_size, stratify=stratify, choose=choose)
