@@ -83,7 +83,8 @@ def test_pulls_mode_summarises_every_seed(nis, tmp_path):
     # every seed keeps only what the pulls need, so that a long study stays small ...
     assert set(result["runs"][0]["nfapps"]) <= set(nis.PER_SEED_FIELDS)
     # ... and split studies still merge into the pulls of the whole
-    other = nis.main(["--quick", "--pulls", "3", "--integrands", "camel-2", "--no-plot", "--out", str(tmp_path / "b")])
+    other = nis.main(["--quick", "--pulls", "3", "--integrands", "camel-2", "--no-plot", "--no-timing", "--out", str(tmp_path / "b")])
+    assert other["sampler_cost"] == [] and not any(t["target"].startswith("sampler") for t in other["targets"]["rows"])
     merged = nis.main(["--quick", "--merge", str(tmp_path / "nis.json"), str(tmp_path / "b" / "nis.json"), "--no-plot",
                        "--out", str(tmp_path / "merged"), "--provenance", "two parts"])
     assert merged["provenance"] == "two parts"

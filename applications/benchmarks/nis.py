@@ -521,7 +521,7 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
 def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str, Any] | None,
          methods: Sequence[str], path: Path) -> None:
     plt = pyplot()
-    panels = 2 if pulls else 1
+    panels = 3 if pulls else 1
     fig, axes = plt.subplots(1, panels, figsize=(max(8, 0.6 * len(rows) + 4) + 5 * (panels - 1), 5), squeeze=False,
                              gridspec_kw={"width_ratios": [max(2, len(rows) / 4)] + [1] * (panels - 1)})
     ax = axes[0, 0]
@@ -543,7 +543,8 @@ def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str
     ax.set_yscale("log")
     ax.set_xticks(x, [r["integrand"] for r in rows], rotation=45, ha="right")
     ax.set_ylabel("relative std per event σ√N/|I| (lower is better)")
-    ax.set_title(f"equal budget: {rows[0]['nfapps']['calls_total']:.3g} calls, training counted")
+    budgets = sorted({r.get("calls") or r["nfapps"]["calls_total"] for r in rows})
+    ax.set_title(f"equal budget: {' / '.join(f'{b:.3g}' for b in budgets)} calls, training counted")
     ax.legend()
     if pulls:
         ax = axes[0, 1]
@@ -556,6 +557,19 @@ def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str
         ax.set_xlabel("pull (Î − I)/σ (clipped to ±5)")
         ax.set_title(f"pulls over {len({run['seed'] for run in runs})} seeds")
         ax.legend()
+        # each integrand's own pulls: mean ± 1/√n (its spread under honest errors) and std
+        ax = axes[0, 2]
+        per = pulls["nfapps"]["per_integrand"]
+        names = [name for name in INTEGRANDS if per.get(name, {}).get("n", 0) > 1]
+        y = np.arange(len(names))
+        ax.errorbar([per[n]["mean"] for n in names], y, xerr=[1 / math.sqrt(per[n]["n"]) for n in names], fmt="o",
+                    label="mean ± 1/√n")
+        ax.plot([per[n]["std"] for n in names], y, "s", label="std")
+        ax.axvspan(-PULL_MEAN_MAX, PULL_MEAN_MAX, color="C0", alpha=0.15)
+        ax.axvspan(*PULL_STD_RANGE, color="C1", alpha=0.15)
+        ax.set_yticks(y, [f"{n} ({per[n]['n']})" for n in names], fontsize=8)
+        ax.set_xlabel("nfapps pulls per integrand (seeds); bands: the targets")
+        ax.legend(fontsize=8)
     save_figure(fig, path)
 
 
@@ -580,6 +594,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-vegas", action="store_true", help="run nfapps only")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 integrands, 2e4 calls, small sampler timings")
     p.add_argument("--no-plot", action="store_true", help="do not write nis.png")
+    p.add_argument("--no-timing", action="store_true",
+                   help="skip the sampler timing (e.g. for a pull study run beside other work, where it would mislead)")
     p.add_argument("--provenance", help="a note stored in nis.json: how the runs were made (e.g. the split of a merge)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="NIS_JSON",
                    help="run nothing but the sampler timing: merge the records of these nis.json files (the suite "
@@ -662,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         rows = [r for r in runs if r["seed"] == seeds[0]]
     pulls = summarize_pulls(runs, methods) if s.pulls else None
-    cost = sampler_cost(s)
+    cost = [] if args.no_timing else sampler_cost(s)
     targets = check_targets(rows, pulls, len(seeds) if s.pulls else 0, cost)
     table = format_table(rows, targets, pulls, cost, methods)
     print(table)
