@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import inspect
 import json
 import logging
 import math
@@ -98,7 +97,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from nfapps.allocator import keep_freed_memory  # noqa: E402
 from nfapps.atomic import write_bytes_atomic  # noqa: E402
-from nfapps.flow import Flow  # noqa: E402
 from nfapps.integration import INTEGRANDS, Integrand  # noqa: E402
 from nfapps.integration.companion import COMPONENTS, SHARE, DefensiveMixture, GaussianCompanion  # noqa: E402
 from nfapps.integration.estimate import (  # noqa: E402
@@ -107,10 +105,10 @@ from nfapps.integration.estimate import (  # noqa: E402
     truncated_unweighting_efficiency,
     unweighting_efficiency,
 )
-from nfapps.integration.integrator import SAMPLER_CHUNK, Integrator, integrate  # noqa: E402
+from nfapps.integration.integrator import SAMPLER_CHUNK, Integrator, integrate, integrate_defaults  # noqa: E402
 from nfapps.outputs import pyplot, save_figure  # noqa: E402
 
-NFAPPS_DEFAULTS = {k: v.default for k, v in inspect.signature(integrate).parameters.items()}  # one source of defaults
+NFAPPS_DEFAULTS = integrate_defaults()  # one source of defaults
 
 log = logging.getLogger("nfapps.bench.nis")
 

@@ -21,6 +21,7 @@ the flow's thin tails.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import resource
@@ -811,10 +812,14 @@ def trained_integrator(
     tempering_ramp: float = 0.1,
     **sampler: Any,
 ) -> Integrator:
-    """An :class:`Integrator` trained as :func:`integrate` trains it for a budget of ``calls``:
-    ``training_fraction`` of them, of which ``grid_fraction`` adapt the VEGAS grid (unless
-    ``grid=0``) and the rest train the flow; ``integrator.integrate(calls − spent)`` then
-    spends the rest, with spent = ``calls_training + calls_grid``."""
+    """An :class:`Integrator` (built with the ``sampler`` settings) trained as :func:`integrate`
+    trains it for a budget of ``calls``: ``training_fraction`` of them, of which
+    ``grid_fraction`` adapt the VEGAS grid (unless ``grid=0``) and the rest train the flow in
+    batches of ``batch`` calls on the ``loss``, each batch reused for ``reuse`` steps at
+    learning rate ``lr``, tempered while a batch's effective sample size is below ``min_ess``
+    with β rising no faster than over ``tempering_ramp`` of the training (see
+    :meth:`Integrator.train`). ``integrator.integrate(calls − spent)`` then spends the rest,
+    with spent = ``calls_training + calls_grid``."""
     if not 0 <= training_fraction < 1:
         raise ValueError(f"training_fraction must be in [0, 1), got {training_fraction}")
     if not 0 <= grid_fraction <= 1:
@@ -835,35 +840,31 @@ def integrate(
     calls: int = 1_000_000,
     training_fraction: float = 0.5,
     *,
-    batch: int = 512,
-    loss: str = "variance",
-    reuse: int = 8,
-    lr: float = 3e-3,
-    device: str | torch.device = "auto",
-    seed: int = 0,
     progress: bool = True,
     exact: float | None = None,
     estimate_batch: int = 262_144,
     replica_size: int = 10_000,
     stratify: bool = True,
     choose: bool = True,
-    grid_fraction: float = 0.2,
-    min_ess: float = 0.05,
-    tempering_ramp: float = 0.1,
-    **sampler: Any,
+    **training: Any,
 ) -> IntegrationResult:
     """∫_box f(x) dx by neural importance sampling with ``calls`` integrand evaluations in all:
-    ``training_fraction`` of them train the sampler, the rest feed the estimate (drawn
-    ``estimate_batch`` at a time, stratified in the sampler's base space unless ``stratify`` is
-    false, by the flow, the VEGAS grid or uniform points as pilots choose (``choose``, see
-    :meth:`Integrator.integrate`); ``replica_size`` is the bootstrap unweighting efficiency's).
-    Of the training calls, ``grid_fraction`` adapt the VEGAS grid (unless ``grid=0``) and the
-    rest train the flow, tempered while a batch's effective sample size is below ``min_ess``
-    with β rising no faster than over ``tempering_ramp`` of the training (see
-    :meth:`Integrator.train`)."""
-    integrator = trained_integrator(
-        f, dim, bounds, calls, training_fraction, batch=batch, loss=loss, reuse=reuse, lr=lr, device=device, seed=seed,
-        progress=progress, grid_fraction=grid_fraction, min_ess=min_ess, tempering_ramp=tempering_ramp, **sampler)
+    ``training_fraction`` of them train the sampler (:func:`trained_integrator`, which takes
+    the ``training`` options — ``batch``, ``loss``, ``reuse``, ``lr``, ``device``, ``seed``,
+    ``grid_fraction``, ``min_ess``, ``tempering_ramp`` and the :class:`Integrator`'s sampler
+    settings), the rest feed the estimate (drawn ``estimate_batch`` at a time, stratified in
+    the sampler's base space unless ``stratify`` is false, by the flow, the VEGAS grid or
+    uniform points as pilots choose (``choose``, see :meth:`Integrator.integrate`);
+    ``replica_size`` is the bootstrap unweighting efficiency's). :func:`integrate_defaults`
+    lists every default."""
+    integrator = trained_integrator(f, dim, bounds, calls, training_fraction, progress=progress, **training)
     spent = integrator.calls_training + integrator.calls_grid
     return integrator.integrate(calls - spent, batch=estimate_batch, progress=progress, exact=exact,
                                 replica_size=replica_size, stratify=stratify, choose=choose)
+
+
+def integrate_defaults() -> dict[str, Any]:
+    """The default of every keyword of :func:`integrate`, its training options
+    (:func:`trained_integrator`) included: one source for jobs and benchmarks."""
+    return {name: p.default for fn in (trained_integrator, integrate) for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}

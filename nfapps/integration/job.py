@@ -56,7 +56,7 @@ from ..outputs import write_json as _write_json
 from ..serialization import flow_payload
 from .integrand import load_callable
 from .integrands import INTEGRANDS, Integrand
-from .integrator import LOSSES, Integrator, integrate, split_training
+from .integrator import LOSSES, Integrator, integrate_defaults, split_training
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,10 @@ ESTIMATE_FILE = "estimate.nfapps"
 def _library_defaults() -> dict[str, Any]:
     """The defaults of :func:`nfapps.integration.integrator.integrate` and :class:`Integrator`, so that
     a job with default settings computes exactly what ``integrate(f, dim, calls=…)`` does."""
-    run = inspect.signature(integrate).parameters
+    run = integrate_defaults()
     sampler = inspect.signature(Integrator).parameters
-    defaults = {key: run[key].default for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
-                                                   "replica_size", "stratify", "choose", "grid_fraction", "min_ess",
-                                                   "tempering_ramp")}
+    defaults = {key: run[key] for key in ("training_fraction", "batch", "loss", "reuse", "lr", "estimate_batch",
+                                          "replica_size", "stratify", "choose", "grid_fraction", "min_ess", "tempering_ramp")}
     defaults.update({key: sampler[key].default for key in ("bins", "transforms", "hidden", "pre_map", "grid", "companion")})
     return defaults
 
