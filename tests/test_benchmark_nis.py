@@ -105,6 +105,35 @@ def test_pulls_mode_summarises_every_seed(nis, tmp_path):
     assert "1e4/2e4" in three["table"]
 
 
+def test_an_interrupted_study_resumes_where_it_stopped(nis, tmp_path, monkeypatch):
+    argv = ["--quick", "--no-vegas", "--pulls", "3", "--integrands", "gaussian-2", "--no-plot", "--no-timing",
+            "--out", str(tmp_path)]
+    real_run, calls = nis.run_nfapps, []
+
+    def killed_at_the_third(f, s, seed):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(seed)
+        return real_run(f, s, seed)
+
+    monkeypatch.setattr(nis, "run_nfapps", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        nis.main(argv)
+    journal = tmp_path / nis.JOURNAL
+    assert calls == [0, 1] and len(journal.read_text().splitlines()) == 3  # settings + two runs
+    with journal.open("a") as f:
+        f.write('{"seed": 2, "integr')  # torn by the kill: dropped, that run done again
+    finished = []
+    monkeypatch.setattr(nis, "run_nfapps", lambda f, s, seed: finished.append(seed) or real_run(f, s, seed))
+    result = nis.main(argv)
+    assert finished == [2] and [r["seed"] for r in result["runs"]] == [0, 1, 2]
+    assert not journal.exists() and result["pulls"]["nfapps"]["pooled"]["n"] == 3
+    # a journal of another budget is not mixed in
+    nis.Journal(journal, nis._run_key(nis.Settings(calls=5), ["nfapps"])).close()
+    with pytest.raises(SystemExit, match="other settings"):
+        nis.main(argv)
+
+
 def test_no_vegas_runs_nfapps_alone(nis, tmp_path):
     result = nis.main(["--quick", "--no-vegas", "--integrands", "camel-2", "--no-plot", "--out", str(tmp_path)])
     assert result["methods"] == ["nfapps"] and "vegas" not in result["integrands"][0]

@@ -69,7 +69,9 @@ Usage::
 
 Writes ``nis.json`` (settings, environment, every record, pulls, targets, the table) and
 ``nis.png`` (relative std per event for both methods, log scale; with ``--pulls``, the pull
-histograms) into ``--out``. ``vegas`` is optional (the ``bench`` extra); without it (or with
+histograms) into ``--out``. Each run is journalled to ``--out``/nis-runs.jsonl as it finishes: an
+interrupted benchmark, started again with the same options, does only the runs it lacks (the
+journal is removed once nis.json holds them). ``vegas`` is optional (the ``bench`` extra); without it (or with
 ``--no-vegas``) only nfapps runs and the comparisons are reported as not measured.
 """
 
@@ -80,6 +82,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -571,6 +574,67 @@ def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], pulls: dict[str
     save_figure(fig, path)
 
 
+#: Settings that change a run's result; a journal written under others is not resumed.
+RUN_SETTINGS = ("calls", "training_fraction", "batch", "loss", "reuse", "lr", "vegas_iterations", "vegas_final",
+                "replica_size", "device")
+JOURNAL = "nis-runs.jsonl"
+
+
+def _run_key(s: Settings, methods: Sequence[str]) -> dict[str, Any]:
+    return {**{k: getattr(s, k) for k in RUN_SETTINGS}, "methods": list(methods)}
+
+
+def read_journal(path: Path, key: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
+    """The finished runs of an interrupted benchmark, by (seed, integrand).
+
+    Each line of the journal is one run, written as it finished (flushed and fsync'ed); its first
+    line holds the settings it was run under. A journal of other settings is an error (it would mix
+    budgets); a torn last line — the process killed while writing it — is dropped.
+    """
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if header is None or "settings" not in header:
+        raise SystemExit(f"{path} is not a nis.py journal: remove it or pass another --out")
+    if header["settings"] != json.loads(json.dumps(key)):
+        raise SystemExit(f"{path} was written with other settings ({header['settings']}): pass the same options to "
+                         f"resume it, or another --out")
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            run = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s: dropping its torn last line (the run is done again)", path)
+                continue
+            raise SystemExit(f"{path}, line {number}: not JSON: remove the journal to start over") from None
+        done[(run["seed"], run["integrand"])] = run
+    return done
+
+
+class Journal:
+    """Appends each finished run to ``path`` as one JSON line, so that an interrupted run resumes."""
+
+    def __init__(self, path: Path, key: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
+        self.file = path.open("a", encoding="utf-8")
+        if fresh:
+            self.append({"settings": key})
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, default=float) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--integrands", nargs="+", choices=list(INTEGRANDS), default=None, help="default: the whole suite")
@@ -654,8 +718,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seeds = sorted({r["seed"] for r in runs})
     else:
         warm_up(s)
+    journal_path = args.out / JOURNAL
+    done = {} if args.merge else read_journal(journal_path, _run_key(s, methods))
+    if done:
+        log.info("resuming from %s: %d runs already done", journal_path, len(done))
+    journal = None if args.merge else Journal(journal_path, _run_key(s, methods))
     for seed in seeds if not args.merge else ():
         for name in names:
+            if (seed, name) in done:
+                runs.append(done[(seed, name)])
+                continue
             f = INTEGRANDS[name]
             run: dict[str, Any] = {"integrand": name, "dim": f.dim, "group": group(f), "exact": f.exact, "seed": seed,
                                    "calls": s.calls}
@@ -670,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{m} {run[m]['value']:.6g} ± {run[m]['error']:.2g} (pull {run[m]['pull']:+.2f}, rsd {run[m]['relative_std']:.3g}, "
                 f"{run[m]['wall_s']:.1f} s)" for m in methods))
             runs.append(run)
+            journal.append(run)
     if args.merge:  # one row per integrand: its first seed's record (parts may split the seeds too)
         lowest = {r["integrand"]: r for r in sorted(first, key=lambda r: -r["seed"])}
         rows = sorted(lowest.values(), key=lambda r: order.index(r["integrand"]))
@@ -700,6 +773,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_bytes_atomic(args.out / "nis.json", json.dumps(result, indent=2, default=float).encode())
     if not args.no_plot:
         plot(rows, runs, pulls, methods, args.out / "nis.png")
+    if journal is not None:  # its runs are in nis.json now
+        journal.close()
+        journal_path.unlink()
     log.info("wrote %s; targets measured %d, passed %d", args.out / "nis.json", targets["measured"], targets["passed"])
     return result
 
