@@ -174,3 +174,8 @@ def test_targets_judge_the_issue_thresholds(nis):
     per = {t["integrand"]: t["passed"] for t in out["rows"] if t["target"].startswith("pulls of one integrand")}
     assert per == {"camel-8": True, "circles": False, "camel-2": False}  # gaussian-4: too few seeds to judge
     assert verdict[("sampler µs/point", "d=16")] is False
+    # a pull study's budget: its spreads are reported, judged only at the issue's 1e6 calls
+    small = nis.check_targets([{**r, "calls": 20_000} for r in rows], None, 0, [])["rows"]
+    assert [t["passed"] for t in small if t["target"] == "relative std per event" and t["integrand"] == "circles"] == [None]
+    assert all(t["passed"] is None for t in small if "VEGAS" in t["target"])
+    assert [t["passed"] for t in small if t["target"].startswith("|pull|")] == [True, True, True, False]
