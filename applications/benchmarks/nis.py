@@ -521,10 +521,11 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
     lines += ["", f"{'sampler cost (CPU)':<20}" + "".join(f"{'d=' + str(d):>9}" for d in sorted({c['dim'] for c in cost}))]
     for n in sorted({c["batch"] for c in cost}, reverse=True):
         lines.append(f"{f'µs/pt, batch {n}':<20}" + "".join(f"{c['us_per_point']:>9.2f}" for c in cost if c["batch"] == n))
-    lines += ["", f"{'target':<62}{'integrand':<11}{'value':>16}  {'threshold':<16}result"]
+    width = max([62] + [len(t["target"]) + 1 for t in targets["rows"]])  # long labels keep their column
+    lines += ["", f"{'target':<{width}}{'integrand':<14}{'value':>16}  {'threshold':<16}result"]
     for t in targets["rows"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
-        lines.append(f"{t['target']:<62}{t['integrand'] or '':<11}{_fmt(t['value']):>16}  {t['threshold']:<16}{verdict}")
+        lines.append(f"{t['target']:<{width}}{t['integrand'] or '':<14}{_fmt(t['value']):>16}  {t['threshold']:<16}{verdict}")
     if any(r.get("calls", TARGET_CALLS) < TARGET_CALLS for r in rows):
         lines.append(f"n/a: not run, or a variance / efficiency target at fewer than {TARGET_CALLS:.0e} calls (the issue's budget)")
     lines.append(f"targets measured: {targets['measured']}, passed: {targets['passed']}")
