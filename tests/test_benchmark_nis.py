@@ -129,7 +129,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(nis, tmp_path, monkeypatc
     assert finished == [2] and [r["seed"] for r in result["runs"]] == [0, 1, 2]
     assert not journal.exists() and result["pulls"]["nfapps"]["pooled"]["n"] == 3
     # a journal of another budget is not mixed in
-    nis.Journal(journal, nis._run_key(nis.Settings(calls=5), ["nfapps"])).close()
+    nis.append_journal(journal, {"settings": nis._run_key(nis.Settings(calls=5), ["nfapps"])})
     with pytest.raises(SystemExit, match="other settings"):
         nis.main(argv)
 

@@ -398,6 +398,11 @@ def _target(name: str, integrand: str | None, value: Any, threshold: str, passed
     return {"target": name, "integrand": integrand, "value": value, "threshold": threshold, "passed": passed}
 
 
+def at_target_budget(record: dict[str, Any]) -> bool:
+    """Whether a run spent the issue's budget (``TARGET_CALLS``), at which its spread is judged."""
+    return record.get("calls", TARGET_CALLS) >= TARGET_CALLS
+
+
 def check_targets(rows: list[dict[str, Any]], pulls: dict[str, Any] | None, seeds: int,
                   cost: list[dict[str, Any]]) -> dict[str, Any]:
     """Every target of the issue, each passed True / False, or None where it was not measured
@@ -409,7 +414,7 @@ def check_targets(rows: list[dict[str, Any]], pulls: dict[str, Any] | None, seed
     # A small variance counts only for a right answer: a sampler that missed a mode reports a
     # small spread around a wrong value. So every figure below also needs |pull| ≤ PULL_MAX.
     right = {r["integrand"]: abs(r["nfapps"]["pull"]) <= PULL_MAX for r in rows}
-    at_budget = {r["integrand"]: r.get("calls", TARGET_CALLS) >= TARGET_CALLS for r in rows}
+    at_budget = {r["integrand"]: at_target_budget(r) for r in rows}
 
     def judged(name: str, passed: bool | None) -> bool | None:
         return passed if passed is None or at_budget[name] else None
@@ -526,7 +531,7 @@ def format_table(rows: list[dict[str, Any]], targets: dict[str, Any], pulls: dic
     for t in targets["rows"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
         lines.append(f"{t['target']:<{width}}{t['integrand'] or '':<14}{_fmt(t['value']):>16}  {t['threshold']:<16}{verdict}")
-    if any(r.get("calls", TARGET_CALLS) < TARGET_CALLS for r in rows):
+    if not all(map(at_target_budget, rows)):
         lines.append(f"n/a: not run, or a variance / efficiency target at fewer than {TARGET_CALLS:.0e} calls (the issue's budget)")
     lines.append(f"targets measured: {targets['measured']}, passed: {targets['passed']}")
     return "\n".join(lines)
@@ -629,23 +634,14 @@ def read_journal(path: Path, key: dict[str, Any]) -> dict[tuple[int, str], dict[
     return done
 
 
-class Journal:
-    """Appends each finished run to ``path`` as one JSON line, so that an interrupted run resumes."""
-
-    def __init__(self, path: Path, key: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists()
-        self.file = path.open("a", encoding="utf-8")
-        if fresh:
-            self.append({"settings": key})
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record, default=float) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
+def append_journal(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to the journal at ``path`` as one JSON line, flushed and fsync'ed (opened
+    for each record: nothing is left open when a run is interrupted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(json.dumps(record, default=float) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -731,11 +727,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seeds = sorted({r["seed"] for r in runs})
     else:
         warm_up(s)
-    journal_path = args.out / JOURNAL
-    done = {} if args.merge else read_journal(journal_path, _run_key(s, methods))
-    if done:
-        log.info("resuming from %s: %d runs already done", journal_path, len(done))
-    journal = None if args.merge else Journal(journal_path, _run_key(s, methods))
+    journal = args.out / JOURNAL
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    if not args.merge:
+        key = _run_key(s, methods)
+        done = read_journal(journal, key)
+        if done:
+            log.info("resuming from %s: %d runs already done", journal, len(done))
+        if not journal.exists():
+            append_journal(journal, {"settings": key})
     for seed in seeds if not args.merge else ():
         for name in names:
             if (seed, name) in done:
@@ -755,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{m} {run[m]['value']:.6g} ± {run[m]['error']:.2g} (pull {run[m]['pull']:+.2f}, rsd {run[m]['relative_std']:.3g}, "
                 f"{run[m]['wall_s']:.1f} s)" for m in methods))
             runs.append(run)
-            journal.append(run)
+            append_journal(journal, run)
     if args.merge:  # one row per integrand: its first seed's record (parts may split the seeds too)
         lowest = {r["integrand"]: r for r in sorted(first, key=lambda r: -r["seed"])}
         rows = sorted(lowest.values(), key=lambda r: order.index(r["integrand"]))
@@ -786,9 +786,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_bytes_atomic(args.out / "nis.json", json.dumps(result, indent=2, default=float).encode())
     if not args.no_plot:
         plot(rows, runs, pulls, methods, args.out / "nis.png")
-    if journal is not None:  # its runs are in nis.json now
-        journal.close()
-        journal_path.unlink()
+    if not args.merge:  # its runs are in nis.json now
+        journal.unlink()
     log.info("wrote %s; targets measured %d, passed %d", args.out / "nis.json", targets["measured"], targets["passed"])
     return result
 
