@@ -280,7 +280,7 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
 def _add_codec(commands: argparse._SubParsersAction) -> None:
     from .codec.baseline import ARCHITECTURES, BaselineConfig  # torch only; CompressAI loads when a model is built
     from .codec.codec import DEFAULT_REFINE
-    from .codec.model import ENTROPY_MODELS, CodecConfig
+    from .codec.model import CONDITIONAL_FROM_LAMBDA, ENTROPY_MODELS, CodecConfig, entropy_model_for
     from .codec.distortion import DISTORTIONS
     from .codec.train import TrainingSettings
 
@@ -303,8 +303,9 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
                    help="distortion weight λ in R + λ·D (default: 0.01; CompressAI's scales: 0.0018–0.18 for MSE, 2.4–220 for MS-SSIM)")
     t.add_argument("--distortion", choices=DISTORTIONS, default=TrainingSettings.distortion,
                    help="D: 255²·MSE (default) or 1 − MS-SSIM (needs --patch 192 or more)")
-    t.add_argument("--entropy-model", choices=ENTROPY_MODELS, default=CodecConfig.entropy_model,
-                   help=f"entropy model of the latents (default: {CodecConfig.entropy_model})")
+    t.add_argument("--entropy-model", choices=("auto", *ENTROPY_MODELS), default="auto",
+                   help=f"entropy model of the latents (default: auto — conditional for MSE with λ ≥ {CONDITIONAL_FROM_LAMBDA:g}, "
+                        "else factorized: what measured best)")
     t.add_argument("--architecture", choices=("flow", *ARCHITECTURES), default="flow",
                    help="flow: the flow codec (default); bmshj2018-*: CompressAI's autoencoder baselines")
     t.add_argument("--levels", type=int, default=3)
@@ -323,7 +324,8 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
         from .codec.job import run_train
 
         if args.architecture == "flow":
-            config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden, entropy_model=args.entropy_model)
+            entropy_model = entropy_model_for(args.lmbda, args.distortion) if args.entropy_model == "auto" else args.entropy_model
+            config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden, entropy_model=entropy_model)
         else:
             config = BaselineConfig(args.architecture)
         settings = TrainingSettings(lmbda=args.lmbda, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,

@@ -76,3 +76,18 @@ def test_recompression_stops_at_a_fixed_point_with_the_same_figures(bench):
     psnrs, last = bench.recompress(encode, decode, pixels, [1, 2, 5, 50])
     assert len(calls) == 2 and set(psnrs) == {"1", "2", "5", "50"}
     assert psnrs["1"] == psnrs["2"] == psnrs["5"] == psnrs["50"] and np.array_equal(last, pixels // 2 * 2)
+
+
+def test_auto_entropy_model_names_each_flow_model_as_training_chooses(bench, tmp_path):
+    import argparse
+
+    from nfapps.codec import entropy_model_for
+
+    args = argparse.Namespace(entropy_model="auto", work=str(tmp_path))
+    assert [entropy_model_for(lmbda) for lmbda in (0.003, 0.04, 0.1, 1.2)] == ["factorized"] * 2 + ["conditional"] * 2
+    assert entropy_model_for(50.0, "ms-ssim") == "factorized"
+    assert bench.model_path("flow", 0.3, args).name == "flow-conditional-0.3.nfc"
+    assert bench.model_path("flow", 0.01, args).name == "flow-factorized-0.01.nfc"
+    args.entropy_model = "hyperprior"
+    assert bench.model_path("flow", 0.01, args).name == "flow-hyperprior-0.01.nfc"
+    assert bench.model_path("bmshj2018-hyperprior", 0.01, args).name == "baseline-bmshj2018-hyperprior-0.01.nfc"

@@ -5,7 +5,8 @@ For every λ of ``--lambdas`` a flow codec, and for every λ of ``--baseline-lam
 CompressAI baseline (``--baseline``, Ballé et al. 2018's scale hyperprior by default), is
 trained (``nfapps codec train``'s code: the same patches and loss R + λ·255²·MSE, resumed from
 ``--work`` when interrupted, reused when done) for at most ``--budget-minutes`` on the bundled
-training photos. The flow codecs' encoder optimises each image's latents for R + λ·D
+training photos; the flow codecs' entropy model is ``--entropy-model`` (by default "auto", as
+`nfapps codec train` chooses: factorized below λ = 0.1, the split prior from there on). The flow codecs' encoder optimises each image's latents for R + λ·D
 (``nfapps.codec.refine``); the same models are also run with plainly rounded latents. One flow
 model (``--knob-lambda``) is also run with its quantization step varied (``--knob-steps``, rounded
 latents): the paper's one-model range of rates. Then, on the held-out
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfapps.codec import CodecConfig, ImageCodec, TrainingSettings, psnr
+from nfapps.codec import CodecConfig, ImageCodec, TrainingSettings, entropy_model_for, psnr
 from nfapps.codec.baseline import ARCHITECTURES, BaselineConfig
 from nfapps.codec.bitstream import unpack
 from nfapps.codec.job import measure, run_train
@@ -183,20 +184,25 @@ def recompress(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], 
 
 
 # -- the learned codecs -----------------------------------------------------------------------------
+def flow_entropy_model(lmbda: float, args: argparse.Namespace) -> str:
+    """The flow codec's entropy model at λ: ``--entropy-model``, "auto" resolved as `nfapps codec train` does."""
+    return entropy_model_for(lmbda) if args.entropy_model == "auto" else args.entropy_model
+
+
 def model_path(kind: str, lmbda: float, args: argparse.Namespace) -> Path:
     """Where the model of ``kind`` ("flow" or a CompressAI baseline architecture) for λ lives in ``--work``."""
-    stem = f"flow-{args.entropy_model}" if kind == "flow" else f"baseline-{kind}"
+    stem = f"flow-{flow_entropy_model(lmbda, args)}" if kind == "flow" else f"baseline-{kind}"
     return Path(args.work) / f"{stem}-{lmbda:g}.nfc"
 
 
 def learned_codecs(kind: str, lambdas: list[float], args: argparse.Namespace) -> dict[float, ImageCodec]:
     """λ → trained codec of ``kind``, each trained for at most ``--budget-minutes`` into ``--work``
     (resumed when interrupted; reused when done)."""
-    config = CodecConfig(entropy_model=args.entropy_model) if kind == "flow" else BaselineConfig(kind)
     models = {}
     for lmbda in lambdas:
         path = model_path(kind, lmbda, args)
         if not path.exists():
+            config = CodecConfig(entropy_model=flow_entropy_model(lmbda, args)) if kind == "flow" else BaselineConfig(kind)
             settings = TrainingSettings(lmbda=lmbda, steps=10**7, time_budget_s=60 * args.budget_minutes)
             run_train(path, None, config, settings, device=args.device)
         models[lmbda] = ImageCodec.load(path, args.device)
@@ -223,6 +229,7 @@ def training_record(models: dict[float, ImageCodec], args: argparse.Namespace, k
         if path.exists():
             info = json.loads(path.read_text())
             out[str(lmbda)] = {k: info.get(k) for k in ("steps", "final_bpp", "final_psnr")}
+            out[str(lmbda)]["entropy_model"] = getattr(models[lmbda].model.config, "entropy_model", kind)
     return out
 
 
@@ -234,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-lambdas", type=float, nargs="+", default=[0.0008, 0.003, 0.01, 0.04],
                         help="rate points of the CompressAI baseline")
     parser.add_argument("--budget-minutes", type=float, default=15.0, help="training time per rate point (default: 15)")
-    parser.add_argument("--entropy-model", choices=ENTROPY_MODELS, default=CodecConfig.entropy_model)
+    parser.add_argument("--entropy-model", choices=("auto", *ENTROPY_MODELS), default="auto",
+                        help="the flow codecs' entropy model (default: auto, as `nfapps codec train`: the split prior from λ = 0.1 on)")
     parser.add_argument("--baseline", choices=(*ARCHITECTURES, "none"), default="bmshj2018-hyperprior",
                         help="CompressAI learned baseline trained on the same data, loss and budget (default: bmshj2018-hyperprior)")
     parser.add_argument("--knob-lambda", type=float, default=0.01,
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline != "none":
         learned[args.baseline] = learned_codecs(args.baseline, args.baseline_lambdas, args)
     learned[ROUNDED] = {lmbda: ImageCodec(codec.model, args.device, refine=0) for lmbda, codec in learned["flow"].items()}
-    if args.knob_lambda in learned["flow"] and args.entropy_model == "factorized":  # one model, its step as the knob
+    if args.knob_lambda in learned["flow"] and flow_entropy_model(args.knob_lambda, args) == "factorized":  # one model, its step as the knob
         knob_model = learned["flow"][args.knob_lambda].model
         learned[KNOB] = {step: ImageCodec(knob_model.with_quantization_step(step), args.device) for step in args.knob_steps}
     codecs = {name: as_codec(models) for name, models in learned.items()} | classical_codecs()

@@ -14,8 +14,8 @@ from .bitstream import BitstreamError
 from .codec import ImageCodec
 from .distortion import Objective
 from .images import ImageError, ms_ssim, psnr, read_image, write_image
-from .model import CodecConfig, FlowCodec
+from .model import CodecConfig, FlowCodec, entropy_model_for
 from .train import TrainingSettings, train_codec
 
 __all__ = ["BitstreamError", "CodecConfig", "FlowCodec", "ImageCodec", "ImageError", "Objective", "TrainingSettings",
-           "ms_ssim", "psnr", "read_image", "train_codec", "write_image"]
+           "entropy_model_for", "ms_ssim", "psnr", "read_image", "train_codec", "write_image"]

@@ -150,8 +150,8 @@ class ImageCodec:
                 self.last_settled = True if self.settle else None
                 return latents
             with torch.enable_grad():
-                first, self.last_refinement = refine_latents(self.model, x, pixels, self.objective, self.refine)
-            latents = first
+                refined, self.last_refinement = refine_latents(self.model, x, pixels, self.objective, self.refine)
+            first = latents = self.model.canonical(refined)
         for _ in range(self.settle):
             saved = self._pixels(latents, pixels)
             again = self.model.quantized_latents(to_tensor(saved, self.model.multiple).to(self.device))
