@@ -1,6 +1,10 @@
-"""Turn a user's device request ("auto", "cpu", "cuda", "cuda:1", a torch.device) into a torch.device."""
+"""Turn a user's device request ("auto", "cpu", "cuda", "cuda:1", a torch.device) into a torch.device;
+run arithmetic that two programs must reproduce bit for bit."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -34,4 +38,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-__all__ = ["resolve_device"]
+@contextmanager
+def reproducible_arithmetic() -> Iterator[None]:
+    """Inside: one CPU thread and deterministic cuDNN kernels, restored on exit.
+
+    A float32 convolution's result depends in its last bits on how the work is split between
+    threads (measured: a codec's decode with 2 threads differed from the 1-thread one in some
+    pixels) and on which cuDNN algorithm runs. Where an encoder and a decoder must compute the
+    same numbers — an entropy coder's tables chosen from computed scales, where one scale on the
+    other side of a table boundary desynchronises the rest of the stream — both run inside this,
+    so the result depends on the machine's kind, not on its thread count or a kernel benchmark.
+    Also a decorator: ``@reproducible_arithmetic()``."""
+    saved = torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.set_num_threads(1)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        threads, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+        torch.set_num_threads(threads)
+
+
+__all__ = ["reproducible_arithmetic", "resolve_device"]

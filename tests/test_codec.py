@@ -264,6 +264,29 @@ def test_latents_a_little_off_the_grid_are_coded_as_the_decoder_rebuilds_them(en
     assert all(torch.equal(a, b) for a, b in zip(decoded, natural))
 
 
+@pytest.mark.parametrize("entropy_model", ["factorized", "conditional"])
+def test_files_decode_the_same_with_any_thread_count(entropy_model):
+    """A float32 convolution's last bits depend on the thread count; the coder's arithmetic runs
+    on one thread, so a file written with one thread count decodes bit for bit with another."""
+    config = CodecConfig(levels=2, steps=2, hidden=32, entropy_model=entropy_model, initial_gain=4.0)
+    torch.manual_seed(0)
+    model = FlowCodec(config)
+    pixels = load_photo("coffee")[:128, :192]
+    model(to_tensor(pixels, model.multiple))
+    perturb(model, 0.05)
+    codec = ImageCodec(model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        data, expected = codec.encode(pixels), codec.reconstruct(pixels)
+        torch.set_num_threads(2)
+        assert codec.encode(pixels) == data
+        np.testing.assert_array_equal(codec.decode(data), expected)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_refined_latents_lower_the_objective_exactly_and_keep_decodes_stable(trained, held_out, tmp_path):
     codec, _ = trained
     model, objective = codec.model, FAST.objective

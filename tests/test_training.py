@@ -243,3 +243,24 @@ def test_killed_process_resumes_bit_identically(tmp_path):
     history = fit(resumed, x, c, checkpoint=checkpoint, **kwargs, **QUICK)
     assert same_weights(reference, resumed)
     assert history.train_nll == expected.train_nll
+
+
+def test_reproducible_arithmetic_runs_on_one_thread_and_restores_the_settings():
+    from nfapps.device import reproducible_arithmetic
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+
+        @reproducible_arithmetic()
+        def inner():
+            with reproducible_arithmetic():  # nested: each level restores what it found
+                assert torch.get_num_threads() == 1 and torch.backends.cudnn.deterministic
+            assert torch.get_num_threads() == 1
+            raise KeyError("inside")
+
+        with pytest.raises(KeyError):
+            inner()
+        assert torch.get_num_threads() == 2 and not torch.backends.cudnn.deterministic
+    finally:
+        torch.set_num_threads(threads)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..device import reproducible_arithmetic
 from .backend import load_compressai
 from .model import bottleneck_medians, model_identifier, round_around, update_entropy_tables
 
@@ -95,10 +96,12 @@ class LearnedBaseline(nn.Module):
         return [torch.round(y), round_around(self.net.h_a(torch.abs(y)), medians)]
 
     @torch.no_grad()
+    @reproducible_arithmetic()
     def synthesis(self, latents: list[Tensor]) -> Tensor:
         return self.net.g_s(latents[0]) - 0.5
 
     @torch.no_grad()
+    @reproducible_arithmetic()
     def compress_latents(self, latents: list[Tensor]) -> list[bytes]:
         """Streams: ŷ's (and ẑ's, after it). Rounding quantized values again is the identity."""
         if latents[0].shape[0] != 1:
@@ -110,6 +113,7 @@ class LearnedBaseline(nn.Module):
         return [self.net.gaussian_conditional.compress(y_hat, indexes)[0], self.net.entropy_bottleneck.compress(z_hat)[0]]
 
     @torch.no_grad()
+    @reproducible_arithmetic()
     def decompress_latents(self, streams: list[bytes], height: int, width: int) -> list[Tensor]:
         if len(streams) != self.streams_per_image:
             raise ValueError(f"expected {self.streams_per_image} streams, got {len(streams)}")

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..device import reproducible_arithmetic
 from .backend import entropy_models
 from .latent_flow import LatentFlow
 
@@ -285,6 +286,7 @@ class FlowCodec(nn.Module):
         """Latents g_l ⊙ f_l(x) of centred images x = n/255 − ½."""
         return [y * g.exp()[:, None, None] for y, g in zip(self.flow(x), self.log_gains)]
 
+    @reproducible_arithmetic()  # what the decoder computes: the encoder must compute the same
     def synthesis(self, latents: list[Tensor]) -> Tensor:
         """x̂ = f⁻¹(ŷ_l / g_l)."""
         return self._descend(lambda level, context: latents[level], image=True)[1]
@@ -358,6 +360,7 @@ class FlowCodec(nn.Module):
         return self.canonical(self.analysis(x))
 
     @torch.no_grad()
+    @reproducible_arithmetic()
     def canonical(self, values: list[Tensor]) -> list[Tensor]:
         """Q(v_l) level by level, coarsest first, each finer level quantized around the prior its
         context gives: bit for bit the latents a decoder rebuilds from their streams (it adds
@@ -375,6 +378,7 @@ class FlowCodec(nn.Module):
         self._identifier = None
 
     @torch.no_grad()
+    @reproducible_arithmetic()
     def compress_latents(self, latents: list[Tensor]) -> list[bytes]:
         """Entropy-coded streams of one image's quantized latents (:meth:`quantized_latents`, batch 1),
         the coarsest level's first. The latents are coded as :meth:`canonical` puts them, and
@@ -393,6 +397,7 @@ class FlowCodec(nn.Module):
         return streams
 
     @torch.no_grad()
+    @reproducible_arithmetic()
     def decompress_latents(self, streams: list[bytes], height: int, width: int) -> list[Tensor]:
         """The quantized latents of :meth:`compress_latents`' streams for a (padded) height × width."""
         if len(streams) != self.streams_per_image:
