@@ -42,9 +42,10 @@ ENTROPY_MODELS = ("factorized", "hyperprior", "conditional")
 
 #: From this λ of R + λ·255²·MSE on, "auto" codes with the split prior ("conditional"), below it
 #: with the factorized model. Measured after 15–20 CPU minutes on the held-out photos: at λ = 0.01
-#: factorized 0.68 bpp at 30.1 dB against the split prior's 0.86 bpp at 29.9 dB; at λ = 0.3 the split
-#: prior gains 0.5–1.2 dB at equal rate (its scales follow the image's local detail, which
-#: matters once most latents are coded) — README, results.
+#: factorized 0.68 bpp at 30.1 dB against the split prior's 0.86 bpp at 29.9 dB; at λ = 0.1 the two
+#: are level (split prior +0.1 dB at equal rate, −0.3 to +0.3 by photo); at λ = 0.3 and 1.2 the split
+#: prior gains 0.4–1.4 dB (its scales follow the image's local detail, which matters once most
+#: latents are coded) — README, results.
 CONDITIONAL_FROM_LAMBDA = 0.1
 
 
