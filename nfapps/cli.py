@@ -324,8 +324,8 @@ def _add_codec(commands: argparse._SubParsersAction) -> None:
         from .codec.job import run_train
 
         if args.architecture == "flow":
-            entropy_model = entropy_model_for(args.lmbda, args.distortion) if args.entropy_model == "auto" else args.entropy_model
-            config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden, entropy_model=entropy_model)
+            config = CodecConfig(levels=args.levels, steps=args.steps_per_level, hidden=args.hidden,
+                                 entropy_model=entropy_model_for(args.lmbda, args.distortion, args.entropy_model))
         else:
             config = BaselineConfig(args.architecture)
         settings = TrainingSettings(lmbda=args.lmbda, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,

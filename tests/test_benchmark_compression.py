@@ -86,6 +86,7 @@ def test_auto_entropy_model_names_each_flow_model_as_training_chooses(bench, tmp
     args = argparse.Namespace(entropy_model="auto", work=str(tmp_path))
     assert [entropy_model_for(lmbda) for lmbda in (0.003, 0.04, 0.1, 1.2)] == ["factorized"] * 2 + ["conditional"] * 2
     assert entropy_model_for(50.0, "ms-ssim") == "factorized"
+    assert entropy_model_for(0.01, choice="hyperprior") == "hyperprior"
     assert bench.model_path("flow", 0.3, args).name == "flow-conditional-0.3.nfc"
     assert bench.model_path("flow", 0.01, args).name == "flow-factorized-0.01.nfc"
     args.entropy_model = "hyperprior"

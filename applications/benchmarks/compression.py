@@ -6,11 +6,11 @@ CompressAI baseline (``--baseline``, Ballé et al. 2018's scale hyperprior by de
 trained (``nfapps codec train``'s code: the same patches and loss R + λ·255²·MSE, resumed from
 ``--work`` when interrupted, reused when done) for at most ``--budget-minutes`` on the bundled
 training photos; the flow codecs' entropy model is ``--entropy-model`` (by default "auto", as
-`nfapps codec train` chooses: factorized below λ = 0.1, the split prior from there on). The flow codecs' encoder optimises each image's latents for R + λ·D
-(``nfapps.codec.refine``); the same models are also run with plainly rounded latents. One flow
-model (``--knob-lambda``) is also run with its quantization step varied (``--knob-steps``, rounded
-latents): the paper's one-model range of rates. Then, on the held-out
-evaluation photos (astronaut, coffee, chelsea, motorcycle):
+`nfapps codec train` chooses: factorized below λ = 0.1, the split prior from there on). The flow
+codecs' encoder optimises each image's latents for R + λ·D (``nfapps.codec.refine``); the same
+models are also run with plainly rounded latents. One flow model (``--knob-lambda``) is also run
+with its quantization step varied (``--knob-steps``, rounded latents): the paper's one-model range
+of rates. Then, on the held-out evaluation photos (astronaut, coffee, chelsea, motorcycle):
 
 - rate–distortion: real file sizes (bits per pixel) and PSNR / MS-SSIM of every codec, the
   Pillow codecs by quality sweeps (HEIF through pillow-heif when installed: the ``bench``
@@ -184,14 +184,9 @@ def recompress(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], 
 
 
 # -- the learned codecs -----------------------------------------------------------------------------
-def flow_entropy_model(lmbda: float, args: argparse.Namespace) -> str:
-    """The flow codec's entropy model at λ: ``--entropy-model``, "auto" resolved as `nfapps codec train` does."""
-    return entropy_model_for(lmbda) if args.entropy_model == "auto" else args.entropy_model
-
-
 def model_path(kind: str, lmbda: float, args: argparse.Namespace) -> Path:
     """Where the model of ``kind`` ("flow" or a CompressAI baseline architecture) for λ lives in ``--work``."""
-    stem = f"flow-{flow_entropy_model(lmbda, args)}" if kind == "flow" else f"baseline-{kind}"
+    stem = f"flow-{entropy_model_for(lmbda, choice=args.entropy_model)}" if kind == "flow" else f"baseline-{kind}"
     return Path(args.work) / f"{stem}-{lmbda:g}.nfc"
 
 
@@ -202,7 +197,8 @@ def learned_codecs(kind: str, lambdas: list[float], args: argparse.Namespace) ->
     for lmbda in lambdas:
         path = model_path(kind, lmbda, args)
         if not path.exists():
-            config = CodecConfig(entropy_model=flow_entropy_model(lmbda, args)) if kind == "flow" else BaselineConfig(kind)
+            config = (CodecConfig(entropy_model=entropy_model_for(lmbda, choice=args.entropy_model)) if kind == "flow"
+                      else BaselineConfig(kind))
             settings = TrainingSettings(lmbda=lmbda, steps=10**7, time_budget_s=60 * args.budget_minutes)
             run_train(path, None, config, settings, device=args.device)
         models[lmbda] = ImageCodec.load(path, args.device)
@@ -269,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline != "none":
         learned[args.baseline] = learned_codecs(args.baseline, args.baseline_lambdas, args)
     learned[ROUNDED] = {lmbda: ImageCodec(codec.model, args.device, refine=0) for lmbda, codec in learned["flow"].items()}
-    if args.knob_lambda in learned["flow"] and flow_entropy_model(args.knob_lambda, args) == "factorized":  # one model, its step as the knob
-        knob_model = learned["flow"][args.knob_lambda].model
+    knob_model = learned["flow"][args.knob_lambda].model if args.knob_lambda in learned["flow"] else None
+    if knob_model is not None and knob_model.config.entropy_model == "factorized":  # one model, its step as the knob
         learned[KNOB] = {step: ImageCodec(knob_model.with_quantization_step(step), args.device) for step in args.knob_steps}
     codecs = {name: as_codec(models) for name, models in learned.items()} | classical_codecs()
 

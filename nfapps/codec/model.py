@@ -39,6 +39,7 @@ from .backend import entropy_models
 from .latent_flow import LatentFlow
 
 ENTROPY_MODELS = ("factorized", "hyperprior", "conditional")
+BOTTLENECK_INIT_SCALE = 3.0
 
 #: From this λ of R + λ·255²·MSE on, "auto" codes with the split prior ("conditional"), below it
 #: with the factorized model. Measured after 15–20 CPU minutes on the held-out photos: at λ = 0.01
@@ -49,12 +50,13 @@ ENTROPY_MODELS = ("factorized", "hyperprior", "conditional")
 CONDITIONAL_FROM_LAMBDA = 0.1
 
 
-def entropy_model_for(lmbda: float, distortion: str = "mse") -> str:
-    """The entropy model "auto" chooses for a codec trained on R + λ·D: the split prior at high
-    rates of the MSE objective (λ ≥ :data:`CONDITIONAL_FROM_LAMBDA`), the factorized one otherwise
-    (MS-SSIM is measured only with the factorized model)."""
+def entropy_model_for(lmbda: float, distortion: str = "mse", choice: str = "auto") -> str:
+    """The entropy model of a codec trained on R + λ·D: ``choice`` itself, or for "auto" the split
+    prior at high rates of the MSE objective (λ ≥ :data:`CONDITIONAL_FROM_LAMBDA`) and the
+    factorized one otherwise (MS-SSIM is measured only with the factorized model)."""
+    if choice != "auto":
+        return choice
     return "conditional" if distortion == "mse" and lmbda >= CONDITIONAL_FROM_LAMBDA else "factorized"
-BOTTLENECK_INIT_SCALE = 3.0
 
 
 @dataclass(frozen=True)
