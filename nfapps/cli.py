@@ -207,6 +207,8 @@ def _add_events(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_anomaly(commands: argparse._SubParsersAction) -> None:
+    from .anomaly.classifier import CLASSIFIER_MODELS
+
     p = commands.add_parser(
         "anomaly",
         help="resonant anomaly search in HEP events (ANODE, CATHODE, CWoLa): generate synthetic events, search",
@@ -259,7 +261,9 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
                         "its peak, above the trigger turn-on, to the largest mass)")
     s.add_argument("--out", default="runs/anomaly", help="run directory (default: runs/anomaly)")
     s.add_argument("--epochs", type=int, default=100, help="density epochs (early stopping; default: 100)")
-    s.add_argument("--classifier-epochs", type=int, default=40, help="epochs per classifier (default: 40)")
+    s.add_argument("--classifier", default="nn", choices=CLASSIFIER_MODELS,
+                   help="classifier model: nn (a network) or trees (boosted decision trees, scikit-learn; default: nn)")
+    s.add_argument("--classifier-epochs", type=int, default=40, help="epochs per network classifier (default: 40)")
     s.add_argument("--folds", type=int, default=5, help="cross-fitting folds (default: 5)")
     s.add_argument("--seed", type=int, default=0)
 
@@ -269,7 +273,8 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
         summary = run_search_job(args.input, args.mass, args.features, args.sr, args.method, args.out, label=args.label,
                                  tree=args.tree, key=args.key, columns=args.columns, epochs=args.epochs,
                                  classifier_epochs=args.classifier_epochs, folds=args.folds, seed=args.seed,
-                                 device=args.device, progress=not args.quiet, fit_range=args.fit_range)
+                                 device=args.device, progress=not args.quiet, fit_range=args.fit_range,
+                                 classifier=args.classifier)
         keys = ("method", "events", "sr_events", "two_sample_auc_control", "max_sic")
         print(json.dumps({k: summary[k] for k in keys if k in summary} | {"out": args.out}, indent=2))
         return 0

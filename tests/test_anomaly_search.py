@@ -58,14 +58,15 @@ def test_an_interrupted_search_reuses_the_trained_background(events_file, tmp_pa
     assert again["max_sic"] == pytest.approx(first["max_sic"])
 
 
-def test_cli_generate_and_search(tmp_path, capsys):
+@pytest.mark.parametrize("classifier", ["nn", "trees"])
+def test_cli_generate_and_search(tmp_path, capsys, classifier):
     out = tmp_path / "ev.root"
     assert main(["-q", "anomaly", "generate", "--background", "20000", "--signal", "600", "--out", str(out)]) == 0
     assert main(["-q", "anomaly", "generate", "--background", "10", "--out", str(out)]) == 2  # refuses to overwrite
     assert "refusing to overwrite" in capsys.readouterr().err
     code = main(["-q", "anomaly", "search", "--input", str(out), "--mass", "mjj", "--features", *FEATURES, "--label", "label",
                  "--sr", "3.3", "3.7", "--method", "cwola", "--out", str(tmp_path / "run"), "--classifier-epochs", "3",
-                 "--folds", "2", "--device", "cpu"])
+                 "--folds", "2", "--device", "cpu", "--classifier", classifier])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["method"] == "cwola" and printed["max_sic"] > 1

@@ -60,7 +60,7 @@ import torch
 from scipy import stats
 
 from nfapps.anomaly.bumphunt import bump_hunt, sculpting
-from nfapps.anomaly.classifier import ClassifierSettings
+from nfapps.anomaly.classifier import CLASSIFIER_MODELS, ClassifierSettings
 from nfapps.anomaly.density import ConditionalDensity, DensitySettings
 from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, supervised, two_sample_auc
 from nfapps.anomaly.metrics import roc
@@ -212,7 +212,9 @@ def null_seed(seed: int, s: Settings) -> dict:
     return record
 
 
-def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0) -> dict:
+def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, compare: tuple[str, ...] = ()) -> dict:
+    """The methods on the real arrays with ``inject`` extra signal events; the classifier methods
+    again with each classifier model of ``compare`` (keys ``max_sic_<method>_<model>``)."""
     files = {k: np.load(LHCO / f"innerdata_{k}.npy") for k in ("train", "val", "test", "extrasig_train")}
     data = np.r_[files["train"], files["val"], files["extrasig_train"][:inject]]
     m, x, y = data[:, 0], data[:, 1:5], data[:, 5]
@@ -226,17 +228,21 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0) -
               "window_s_over_b": float(y[inside].sum() / (1 - y[inside]).sum())}
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
     background = ConditionalDensity.fit(x[~inside], m[~inside], density, s.device, progress=False)
-    for name, run in {
-        "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=s.classifier,
-                                   folds=s.folds, device=s.device, progress=False, seed=seed),
-        "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], background, classifier=s.classifier,
+    record["max_sic_anode"] = roc(anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device,
+                                        progress=False)(x_t, m_t), y_t).max_sic
+    for model in dict.fromkeys([s.classifier.model, *compare]):  # every classifier model on the same flow
+        classifier = dataclasses.replace(s.classifier, model=model)
+        for name, run in {
+            "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=classifier,
                                        folds=s.folds, device=s.device, progress=False, seed=seed),
-        "cwola": lambda: cwola(x[~inside], x[inside], s.classifier, s.folds, s.device, progress=False),
-        "idealized": lambda: idealized(x[inside], truth[:, 1:5], s.classifier, s.folds, s.device, progress=False),
-        "anode": lambda: anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device, progress=False),
-    }.items():
-        record[f"max_sic_{name}"] = roc(run()(x_t, m_t), y_t).max_sic
-        logger.info("LHCO inject %d %s: max SIC %.2f", inject, name, record[f"max_sic_{name}"])
+            "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], background, classifier=classifier,
+                                           folds=s.folds, device=s.device, progress=False, seed=seed),
+            "cwola": lambda: cwola(x[~inside], x[inside], classifier, s.folds, s.device, progress=False),
+            "idealized": lambda: idealized(x[inside], truth[:, 1:5], classifier, s.folds, s.device, progress=False),
+        }.items():
+            key = f"max_sic_{name}" if model == s.classifier.model else f"max_sic_{name}_{model}"
+            record[key] = roc(run()(x_t, m_t), y_t).max_sic
+            logger.info("LHCO inject %d %s (%s classifiers): max SIC %.2f", inject, name, model, record[key])
     return record
 
 
@@ -257,9 +263,12 @@ def _cached(function, seed: int, s: Settings, records: Path | None) -> dict:
 
 
 def _in_worker(function, seed: int, s: Settings, records: Path | None) -> dict:
+    from threadpoolctl import threadpool_limits  # scikit-learn's OpenMP threads (boosted trees)
+
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return _cached(function, seed, s, records)
+    with threadpool_limits(1):
+        return _cached(function, seed, s, records)
 
 
 def _map(function, seeds, s: Settings, jobs: int, records: Path | None = None) -> list[dict]:
@@ -388,7 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=100, help="density epochs (early stopping)")
     p.add_argument("--architecture", default=DensitySettings.architecture, help="the background flow: maf, maf-spline or nsf")
     p.add_argument("--transforms", type=int, default=8)
+    p.add_argument("--trend-degree", type=int, default=DensitySettings.trend_degree,
+                   help="polynomial trend in m taken out of the features before the flow (0: none)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    p.add_argument("--classifier", default="nn", choices=CLASSIFIER_MODELS, help="classifier model: nn or trees")
+    p.add_argument("--trees", type=int, default=ClassifierSettings.trees, help="boosted-tree models per classifier (trees)")
+    p.add_argument("--compare-classifiers", nargs="+", default=[], choices=CLASSIFIER_MODELS,
+                   help="on the LHCO arrays, also run the classifier methods with these models (same flow)")
     p.add_argument("--classifier-epochs", type=int, default=60)
     p.add_argument("--top-epochs", type=int, default=10)
     p.add_argument("--folds", type=int, default=5)
@@ -407,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         args.transforms, args.hidden, args.top_epochs, args.folds, args.s_over_b = 3, [32, 32], 2, 2, 0.05
     s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
                  DensitySettings(architecture=args.architecture, epochs=args.epochs, transforms=args.transforms,
-                                 hidden=tuple(args.hidden)),
-                 ClassifierSettings(epochs=args.classifier_epochs, top_epochs=args.top_epochs), args.folds, args.device)
+                                 hidden=tuple(args.hidden), trend_degree=args.trend_degree),
+                 ClassifierSettings(model=args.classifier, epochs=args.classifier_epochs, top_epochs=args.top_epochs,
+                                    trees=args.trees),
+                 args.folds, args.device)
     started = time.perf_counter()
     records = Path(args.out) / "records"
     records.mkdir(parents=True, exist_ok=True)
@@ -419,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         if not LHCO.is_dir():
             logger.warning("no LHCO arrays at %s: skipping the real-data part", LHCO)
         else:
-            real = [lhco(s, inject, tuple(args.window)) for inject in args.inject]
+            real = [lhco(s, inject, tuple(args.window), compare=tuple(args.compare_classifiers)) for inject in args.inject]
     summary, targets = summarise(synthetic, null, real)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -453,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in real:
         print(f"LHCO window S/B {r['window_s_over_b']:.4f} (inject {r['inject']}): "
               + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in LHCO_METHODS))
+        for model in args.compare_classifiers:
+            if model != args.classifier:
+                print(f"  with {model} classifiers: " + ", ".join(
+                    f"{k} {r[f'max_sic_{k}_{model}']:.2f} ({r[f'max_sic_{k}_{model}'] / r[f'max_sic_{k}']:.2f}×)"
+                    for k in LHCO_METHODS if f"max_sic_{k}_{model}" in r))
     print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
     return 0
 

@@ -129,4 +129,61 @@ class Standardizer:
         return cls(np.asarray(state["mean"], dtype=np.float64), np.asarray(state["std"], dtype=np.float64))
 
 
-__all__ = ["LogitScaler", "Standardizer"]
+@dataclass
+class MassTrend:
+    """The polynomial trend of preprocessed features in the resonant mass, to be taken out:
+
+        y ↦ y − Σ_{k=0}^{d} c_k t^k,   t = (m − centre)/scale,
+
+    with c (d + 1 rows, one column per feature) the least-squares fit of y on the powers of t.
+    Features that drift with m (jet masses grow with m_jj) then leave the flow only the shape
+    around the trend to learn, which it interpolates into a signal region more easily. The map is
+    a shift by a function of m alone: its Jacobian in y is 1, so the density of y at m equals the
+    density of y − trend(m) at m, and nothing else changes.
+    """
+
+    coefficients: np.ndarray  # (degree + 1, features)
+    centre: float = 0.0
+    scale: float = 1.0
+
+    @classmethod
+    def none(cls, features: int) -> "MassTrend":
+        """No trend: the identity map."""
+        return cls(np.zeros((1, features)))
+
+    @classmethod
+    def fit(cls, y: np.ndarray, m: np.ndarray, degree: int) -> "MassTrend":
+        """Least-squares trend of degree ``degree`` (0: none; 1: linear …) of y (events, features) in m."""
+        y = _check_matrix(y, "preprocessed features")
+        if not isinstance(degree, (int, np.integer)) or degree < 0:
+            raise ValueError(f"the trend degree must be an integer ≥ 0, got {degree!r}")
+        if degree == 0:
+            return cls.none(y.shape[1])
+        m = np.asarray(m, dtype=np.float64).ravel()
+        centre, scale = float(m.mean()), float(m.std()) or 1.0
+        powers = np.vander((m - centre) / scale, degree + 1, increasing=True)
+        coefficients = np.linalg.lstsq(powers, y, rcond=None)[0]
+        return cls(coefficients, centre, scale)
+
+    def _values(self, m: np.ndarray) -> np.ndarray:
+        t = (np.asarray(m, dtype=np.float64).ravel() - self.centre) / self.scale
+        return np.vander(t, len(self.coefficients), increasing=True) @ self.coefficients
+
+    def remove(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """y less its trend at masses m."""
+        return np.asarray(y, dtype=np.float64) - self._values(m)
+
+    def restore(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`remove`."""
+        return np.asarray(y, dtype=np.float64) + self._values(m)
+
+    def state(self) -> dict:
+        return {"coefficients": self.coefficients.tolist(), "centre": self.centre, "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "MassTrend":
+        return cls(np.asarray(state["coefficients"], dtype=np.float64).reshape(len(state["coefficients"]), -1),
+                   float(state["centre"]), float(state["scale"]))
+
+
+__all__ = ["LogitScaler", "Standardizer", "MassTrend"]
