@@ -230,6 +230,7 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, c
     background = ConditionalDensity.fit(x[~inside], m[~inside], density, s.device, progress=False)
     record["max_sic_anode"] = roc(anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device,
                                         progress=False)(x_t, m_t), y_t).max_sic
+    logger.info("LHCO inject %d anode: max SIC %.2f", inject, record["max_sic_anode"])
     for model in dict.fromkeys([s.classifier.model, *compare]):  # every classifier model on the same flow
         classifier = dataclasses.replace(s.classifier, model=model)
         for name, run in {
@@ -340,25 +341,31 @@ def summarise(synthetic: list[dict], null: list[dict], real: list[dict]) -> tupl
     return summary, targets
 
 
-def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict]) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict], primary: str = "") -> None:
+    """One panel per thing measured: the synthetic SIC curves and max SIC per method, the null
+    significances (20 % and 5 % kept) and sculpting p-values, the LHCO max SIC per method (of the
+    ``primary`` classifier model, and hatched of each compared one)."""
+    drawers = []
     if synthetic:
-        for name, curve in synthetic[0]["curves"].items():
-            axes[0].plot(curve["signal_efficiency"], curve["sic"], label=name)
-        axes[0].set(xlabel="signal efficiency", ylabel="SIC", title=f"synthetic, seed {synthetic[0]['seed']}")
-        axes[0].legend(fontsize=8)
-        names = [*COMPARED, "true_ratio"]
-        for i, name in enumerate(names):
-            values = [r[f"max_sic_{name}"] for r in synthetic]
-            axes[1].scatter([i] * len(values), values, s=12)
-        axes[1].set_xticks(range(len(names)), names, rotation=30)
-        axes[1].set(ylabel="max SIC", title=f"synthetic, {len(synthetic)} seeds")
+        def curves(ax):
+            for name, curve in synthetic[0]["curves"].items():
+                ax.plot(curve["signal_efficiency"], curve["sic"], label=name)
+            ax.set(xlabel="signal efficiency", ylabel="SIC", title=f"synthetic, seed {synthetic[0]['seed']}")
+            ax.legend(fontsize=8)
+
+        def max_sics(ax):
+            names = [*COMPARED, "true_ratio"]
+            for i, name in enumerate(names):
+                values = [r[f"max_sic_{name}"] for r in synthetic]
+                ax.scatter([i] * len(values), values, s=12)
+            ax.set_xticks(range(len(names)), names, rotation=30)
+            ax.set(ylabel="max SIC", title=f"synthetic, {len(synthetic)} seeds")
+
+        drawers += [curves, max_sics]
     if null:
-        # without synthetic seeds the first two panels show the 5 % cut and the sculpting p-values
-        panels = [(axes[2], "0.2")] + ([(axes[0], "0.05")] if not synthetic else [])
         grid = np.linspace(-4, 4, 200)
-        for ax, keep in panels:
+
+        def significances(ax, keep):
             for name in HUNTED:
                 z = np.array([r[f"{name}_significance_{keep}"] for r in null], dtype=float)
                 ax.hist(np.clip(z[np.isfinite(z)], -4, 4), bins=16, range=(-4, 4), density=True, histtype="step",
@@ -366,20 +373,36 @@ def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict]) 
             ax.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), label="N(0, 1)")
             ax.set(xlabel="local significance, background only", title=f"{len(null)} seeds")
             ax.legend(fontsize=8)
-        if not synthetic:
+
+        def sculpting_p(ax):
             for name in HUNTED:
                 p = np.array([r[f"{name}_sculpting_p_0.2"] for r in null], dtype=float)
-                axes[1].hist(p, bins=10, range=(0, 1), histtype="step", label=f"{name}, 20 % kept")
-            axes[1].axhline(len(null) / 10, color="grey", lw=0.8, label="uniform (no sculpting)")
-            axes[1].set(xlabel="sculpting test p-value (sidebands)", ylabel="seeds", title="cut efficiency flat in m_jj?")
-            axes[1].legend(fontsize=8)
-    elif real:
-        for i, r in enumerate(real):
-            axes[2].bar(np.arange(len(LHCO_METHODS)) + 0.4 * i, [r[f"max_sic_{k}"] for k in LHCO_METHODS], 0.4,
-                        label=f"LHCO S/B {r['window_s_over_b']:.3f}")
-        axes[2].set_xticks(np.arange(len(LHCO_METHODS)) + 0.2, LHCO_METHODS)
-        axes[2].set(ylabel="max SIC")
-        axes[2].legend(fontsize=8)
+                ax.hist(p, bins=10, range=(0, 1), histtype="step", label=f"{name}, 20 % kept")
+            ax.axhline(len(null) / 10, color="grey", lw=0.8, label="uniform (no sculpting)")
+            ax.set(xlabel="sculpting test p-value (sidebands)", ylabel="seeds", title="cut efficiency flat in m_jj?")
+            ax.legend(fontsize=8)
+
+        drawers += [functools.partial(significances, keep="0.2"), functools.partial(significances, keep="0.05"), sculpting_p]
+    if real:
+        def lhco_bars(ax):
+            models = [""] + sorted({key.rsplit("_", 1)[1] for r in real for key in r
+                                    if key.startswith("max_sic_") and key.rsplit("_", 1)[1] in CLASSIFIER_MODELS})
+            width = 0.8 / (len(real) * len(models))
+            for i, r in enumerate(real):
+                for j, model in enumerate(models):
+                    suffix = f"_{model}" if model else ""
+                    values = [r.get(f"max_sic_{k}{suffix}", np.nan) for k in LHCO_METHODS]
+                    ax.bar(np.arange(len(LHCO_METHODS)) + (i * len(models) + j) * width, values, width,
+                           hatch="//" if model else None, label=f"S/B {r['window_s_over_b']:.3f}, {model or primary} classifiers")
+            ax.set_xticks(np.arange(len(LHCO_METHODS)) + 0.4 - width / 2, LHCO_METHODS)
+            ax.set(ylabel="max SIC", title="LHCO R&D arrays, pseudo-window")
+            ax.legend(fontsize=8)
+
+        drawers.append(lhco_bars)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, max(1, len(drawers)), figsize=(5 * max(1, len(drawers)), 4.2), squeeze=False)
+    for ax, draw in zip(axes[0], drawers):
+        draw(ax)
     save_figure(fig, path)
 
 
@@ -449,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary, "targets": targets, "wall_time_s": time.perf_counter() - started,
     }
     write_json(out / "anomaly.json", result)
-    plot(out / "anomaly.png", synthetic, null, real)
+    plot(out / "anomaly.png", synthetic, null, real, args.classifier)
     print(f"\n{'target':<75} {'value':>22} {'goal':>16}  result")
     for t in targets:
         value = t["value"] if not isinstance(t["value"], list) else "/".join(f"{v:.3g}" for v in t["value"] if v is not None)
