@@ -136,6 +136,21 @@ def test_conditional_density_learns_the_mass_dependence_and_round_trips(tmp_path
     assert np.array_equal(again.log_prob(x[:100], m[:100]), density.log_prob(x[:100], m[:100]))
 
 
+def test_a_density_saved_before_the_mass_trend_loads_as_one_without_it(tmp_path):
+    from nfapps.atomic import dump, load_container
+
+    x, m, _ = toy_events(2000, 0, seed=4)
+    density = ConditionalDensity.fit(x, m, DensitySettings(epochs=1, transforms=2, hidden=(8, 8), trend_degree=0), "cpu",
+                                     progress=False)
+    density.save(tmp_path / "new.nfapps")
+    payload = load_container(tmp_path / "new.nfapps", "density")
+    del payload["trend"], payload["settings"]["trend_degree"]  # the layout before the trend existed
+    dump(payload, tmp_path / "old.nfapps", "density")
+    old = ConditionalDensity.load(tmp_path / "old.nfapps")
+    assert old.settings.trend_degree == 0 and np.array_equal(old.trend.coefficients, np.zeros((1, 3)))
+    assert np.array_equal(old.log_prob(x[:50], m[:50]), density.log_prob(x[:50], m[:50]))
+
+
 @pytest.mark.parametrize("trend_degree", [0, 2])
 def test_latent_of_the_flows_own_samples_is_standard_normal_at_every_mass(trend_degree):
     x, m, _ = toy_events(3000, 0, seed=4)

@@ -78,8 +78,8 @@ class ConditionalDensity:
     def fit(cls, x: np.ndarray, m: np.ndarray, settings: DensitySettings | None = None, device: str = "auto",
             checkpoint: str | Path | None = None, progress: bool = True,
             scaler: LogitScaler | None = None, trend: MassTrend | None = None) -> "ConditionalDensity":
-        """Train on events x (N, k) with masses m (N,); ``scaler`` reuses a fitted preprocessing
-        (ANODE's two densities must share it)."""
+        """Train on events x (N, k) with masses m (N,); ``scaler`` and ``trend`` reuse a fitted
+        preprocessing (ANODE's two densities share it: a density ratio then compares like with like)."""
         s = settings or DensitySettings()
         x, m = np.asarray(x, dtype=np.float64), np.asarray(m, dtype=np.float64).ravel()
         if x.ndim != 2 or len(x) != len(m):
@@ -143,7 +143,8 @@ class ConditionalDensity:
     @classmethod
     def load(cls, path: str | Path) -> "ConditionalDensity":
         payload = load_container(path, "density")
-        settings = DensitySettings(**payload["settings"])
+        # a density saved before the mass trend existed modelled the features with no trend taken out
+        settings = DensitySettings(**{"trend_degree": 0, **payload["settings"]})
         return cls(LogitScaler.from_state(payload["scaler"]), Standardizer.from_state(payload["mass_scaler"]),
                    flow_from_payload(payload["flow"], path).eval(), settings,
                    MassTrend.from_state(payload["trend"]) if "trend" in payload else None)

@@ -91,7 +91,8 @@ def anode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | None = None, 
     """log p_data(x|m) − log p_bkg(x|m), p_bkg from the SB (or ``background``), p_data from the SR.
     The SR events' scores are in-sample for p_data (ANODE has no held-out fold)."""
     background = background or ConditionalDensity.fit(x_sb, m_sb, settings, device, progress=progress)
-    data = ConditionalDensity.fit(x_sr, m_sr, settings, device, progress=progress, scaler=background.scaler)
+    data = ConditionalDensity.fit(x_sr, m_sr, settings, device, progress=progress, scaler=background.scaler,
+                                  trend=background.trend)
 
     def score(x, m):
         return data.log_prob(x, m) - background.log_prob(x, m)
