@@ -101,7 +101,8 @@ def test_classifier_learns_and_cross_fit_scores_out_of_fold(settings):
     rng = np.random.default_rng(2)
     a, b = rng.normal(0.8, 1, (1500, 2)), rng.normal(0, 1, (1500, 2))
     model = train_classifier(np.r_[a, b], np.r_[np.ones(1500), np.zeros(1500)], settings, "cpu")
-    assert len(getattr(model, "states", getattr(model, "members", None))) == (2 if settings is FAST_CLASSIFIER else 3)
+    kept, expected = (model.states, settings.top_epochs) if settings.model == "nn" else (model.members, settings.trees)
+    assert len(kept) == expected
     test_a, test_b = rng.normal(0.8, 1, (2000, 2)), rng.normal(0, 1, (2000, 2))
     score = auc(model.predict(np.r_[test_a, test_b]), np.r_[np.ones(2000), np.zeros(2000)])
     assert 0.68 < score < 0.80  # Bayes AUC for a shift of 0.8√2 σ is Φ(0.8) = 0.79

@@ -54,8 +54,7 @@ class DensitySettings:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
-        if not isinstance(self.trend_degree, int) or self.trend_degree < 0:
-            raise ValueError(f"trend_degree must be an integer ≥ 0 (0: no trend), got {self.trend_degree!r}")
+        self.trend_degree = MassTrend.check_degree(self.trend_degree)
 
     def build(self, features: int) -> Flow:
         torch.manual_seed(self.seed)

@@ -46,7 +46,8 @@ def run_search_job(path: str | Path, mass: str, features: Sequence[str], sr: Seq
     settings = SearchSettings(
         sr=tuple(sr), method=method, folds=folds, seed=seed, mass_range=tuple(fit_range) if fit_range else None,
         density=DensitySettings(epochs=epochs, seed=seed),
-        classifier=ClassifierSettings(model=classifier, epochs=classifier_epochs, top_epochs=min(5, classifier_epochs), seed=seed),
+        classifier=ClassifierSettings(model=classifier, epochs=classifier_epochs, top_epochs=min(5, classifier_epochs),
+                                      seed=seed),
     )
     return run_search(events, out, settings, str(resolve_device(device)), progress)
 

@@ -151,13 +151,18 @@ class MassTrend:
         """No trend: the identity map."""
         return cls(np.zeros((1, features)))
 
+    @staticmethod
+    def check_degree(degree: int) -> int:
+        """``degree`` if it is a valid trend degree (an integer ≥ 0), else a one-line ValueError."""
+        if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
+            raise ValueError(f"the trend degree must be an integer ≥ 0 (0: no trend), got {degree!r}")
+        return int(degree)
+
     @classmethod
     def fit(cls, y: np.ndarray, m: np.ndarray, degree: int) -> "MassTrend":
         """Least-squares trend of degree ``degree`` (0: none; 1: linear …) of y (events, features) in m."""
         y = _check_matrix(y, "preprocessed features")
-        if not isinstance(degree, (int, np.integer)) or degree < 0:
-            raise ValueError(f"the trend degree must be an integer ≥ 0, got {degree!r}")
-        if degree == 0:
+        if cls.check_degree(degree) == 0:
             return cls.none(y.shape[1])
         m = np.asarray(m, dtype=np.float64).ravel()
         centre, scale = float(m.mean()), float(m.std()) or 1.0
