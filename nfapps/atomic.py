@@ -44,6 +44,7 @@ KINDS: dict[str, str] = {
     "integrator": "an integration run's state (written and resumed by Integrator.save / Integrator.restore)",
     "estimate": "an estimate in progress (written and resumed by Integrator.integrate(..., checkpoint=path))",
     "density": "a conditional background density (written by ConditionalDensity.save, read by ConditionalDensity.load)",
+    "density-folds": "cross-fitted background densities (written by DensityFolds.save, read by DensityFolds.load)",
     "classifier": "a trained classifier (written by EpochEnsemble.save, e.g. cross_fit's checkpoints; read by EpochEnsemble.load)",
     "codec": "a flow image codec (written by ImageCodec.save / `nfapps codec train`, read by ImageCodec.load)",
     "codec-checkpoint": "a codec training checkpoint (written and resumed by nfapps.codec.train_codec)",

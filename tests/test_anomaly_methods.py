@@ -67,6 +67,45 @@ def test_mass_trend_takes_out_a_polynomial_drift_and_is_undone_exactly():
     assert np.array_equal(MassTrend.fit(y, m, degree=0).remove(y, m), y)  # degree 0: the identity
     with pytest.raises(ValueError, match="integer ≥ 0"):
         MassTrend.fit(y, m, degree=-1)
+    with pytest.raises(ValueError, match="scale trend degree must be an integer ≥ 0"):
+        MassTrend.fit(y, m, degree=1, scale_degree=1.5)
+
+
+def test_mass_trend_of_the_width_standardises_at_every_mass_and_states_its_log_det():
+    rng = np.random.default_rng(13)
+    m = rng.uniform(2.8, 4.5, 40_000)
+    width = np.exp(0.4 * (m - 3.5))  # the spread grows with m, as the jet masses' does
+    y = np.c_[0.5 * m + width * rng.normal(0, 1, len(m)), rng.normal(0, 2, len(m))]
+    trend = MassTrend.fit(y, m, degree=1, scale_degree=1)
+    flat = trend.remove(y, m)
+    for low in (2.8, 3.6, 4.2):
+        inside = (m >= low) & (m < low + 0.3)
+        assert np.abs(flat[inside].std(axis=0) - 1).max() < 0.03 and np.abs(flat[inside].mean(axis=0)).max() < 0.03
+    assert np.allclose(trend.restore(flat, m), y, atol=1e-12)
+    assert np.array_equal(MassTrend.from_state(trend.state()).remove(y, m), flat)
+    # log|det ∂remove/∂y| at fixed m, against the Jacobian by central differences (the map is affine in y)
+    for mass in (2.9, 4.4):
+        at, step = np.array([mass]), 1e-4
+        jacobian = np.stack([(trend.remove(y[:1] + step * e, at) - trend.remove(y[:1] - step * e, at))[0] / (2 * step)
+                             for e in np.eye(2)], axis=1)
+        assert trend.log_abs_det(at)[0] == pytest.approx(np.log(abs(np.linalg.det(jacobian))), abs=1e-8)
+    assert trend.log_abs_det(np.array([4.4]))[0] == pytest.approx(-0.4 * 0.9 - np.log(2), abs=0.03)
+
+
+def test_density_with_a_width_trend_is_normalised_at_every_mass():
+    """E_q[p(y|m)/q(y)] = 1 for any proposal q: checks that log_prob carries the trend's log|det|."""
+    rng = np.random.default_rng(14)
+    m = rng.uniform(3.0, 4.0, 4000)
+    x = np.c_[rng.normal(0.3 * m, 0.2 * np.exp(1.5 * (m - 3.5))), rng.normal(0, 0.5, len(m))]
+    settings = DensitySettings(epochs=2, transforms=2, hidden=(16, 16), trend_degree=1, scale_degree=1)
+    density = ConditionalDensity.fit(x, m, settings, "cpu", progress=False)
+    assert np.abs(density.trend.log_abs_det(np.array([3.0, 4.0]))).min() > 0.3  # far from a pure shift
+    y = rng.normal(0, 2.5, (200_000, 2))  # proposal q = N(0, 2.5² I) over the preprocessed features
+    log_q = (-0.5 * (y / 2.5) ** 2 - np.log(2.5 * np.sqrt(2 * np.pi))).sum(axis=1)
+    x_of_y = density.scaler.inverse(y)
+    for mass in (3.0, 4.0):
+        weights = np.exp(density.log_prob(x_of_y, np.full(len(y), mass)) - log_q)
+        assert weights.mean() == pytest.approx(1, abs=4 * weights.std() / np.sqrt(len(y)) + 0.01)
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -148,14 +187,15 @@ def test_a_density_saved_before_the_mass_trend_loads_as_one_without_it(tmp_path)
     del payload["trend"], payload["settings"]["trend_degree"]  # the layout before the trend existed
     dump(payload, tmp_path / "old.nfapps", "density")
     old = ConditionalDensity.load(tmp_path / "old.nfapps")
-    assert old.settings.trend_degree == 0 and np.array_equal(old.trend.coefficients, np.zeros((1, 3)))
+    assert old.settings.trend_degree == 0 and old.settings.scale_degree == 0
+    assert np.array_equal(old.trend.coefficients, np.zeros((1, 3))) and old.trend.log_scale is None
     assert np.array_equal(old.log_prob(x[:50], m[:50]), density.log_prob(x[:50], m[:50]))
 
 
-@pytest.mark.parametrize("trend_degree", [0, 2])
-def test_latent_of_the_flows_own_samples_is_standard_normal_at_every_mass(trend_degree):
+@pytest.mark.parametrize("trend_degree, scale_degree", [(0, 0), (2, 0), (1, 1)])
+def test_latent_of_the_flows_own_samples_is_standard_normal_at_every_mass(trend_degree, scale_degree):
     x, m, _ = toy_events(3000, 0, seed=4)
-    settings = DensitySettings(epochs=2, transforms=2, hidden=(16, 16), trend_degree=trend_degree)
+    settings = DensitySettings(epochs=2, transforms=2, hidden=(16, 16), trend_degree=trend_degree, scale_degree=scale_degree)
     density = ConditionalDensity.fit(x, m, settings, "cpu", progress=False)
     for mass in (3.1, 3.9):  # whatever the training did: x ~ p(x | m) maps to z ~ N(0, I) exactly
         z = density.latent(density.sample(np.full(20_000, mass), seed=2), np.full(20_000, mass))

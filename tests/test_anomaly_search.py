@@ -56,6 +56,9 @@ def test_an_interrupted_search_reuses_the_trained_background(events_file, tmp_pa
     again = run_search(events, tmp_path / "run", settings, device="cpu", progress=False)
     assert (tmp_path / "run" / "background.nfapps").read_bytes() == saved  # loaded, not retrained
     assert again["max_sic"] == pytest.approx(first["max_sic"])
+    other = SearchSettings(**{**settings.__dict__, "density": DensitySettings(**{**FAST["density"].__dict__, "epochs": 7})})
+    with pytest.raises(ValueError, match=r"background.nfapps was trained with other density settings \(epochs 6 ≠ 7\)"):
+        run_search(events, tmp_path / "run", other, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("classifier", ["nn", "trees"])

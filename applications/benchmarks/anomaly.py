@@ -14,8 +14,10 @@ per seed and as median and spread (16–84 %) over seeds: max SIC (cuts keeping 
 background events), ratios to the true-likelihood-ratio max SIC, and the two-sample AUC of flow
 samples against true SR background.
 
-``null`` (``--null-seeds K``): background only; one background flow per seed, then the CATHODE
-and the LaCATHODE scores and, for each, the bump hunt at cuts keeping 20 % and 5 % of the SR.
+``null`` (``--null-seeds K``): background only; per seed the background density, cross-fitted
+on ``--flow-folds`` folds of the sidebands (default 2; 1: one flow on all of them, whose own
+training events then pass a cut less often than fresh ones), then the CATHODE and the LaCATHODE
+scores and, for each, the bump hunt at cuts keeping 20 % and 5 % of the SR.
 For a score that does not sculpt, the local significances are N(0, 1) (mean, std, max) and the
 cut efficiency is flat in m_jj (the χ² p-values of the sculpting test are uniform). The
 synthetic jet masses grow with m_jj, so a score of x alone (CATHODE's) sculpts; LaCATHODE's,
@@ -61,7 +63,7 @@ from scipy import stats
 
 from nfapps.anomaly.bumphunt import bump_hunt, sculpting
 from nfapps.anomaly.classifier import CLASSIFIER_MODELS, ClassifierSettings
-from nfapps.anomaly.density import ConditionalDensity, DensitySettings
+from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySettings
 from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, supervised, two_sample_auc
 from nfapps.anomaly.metrics import roc
 from nfapps.anomaly.search import default_fit_range
@@ -89,6 +91,7 @@ class Settings:
     classifier: ClassifierSettings
     folds: int
     device: str
+    flow_folds: int = 1  # the null study's cross-fitted background densities (1: one flow)
 
 
 def _sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +193,10 @@ def null_seed(seed: int, s: Settings) -> dict:
     in_sr = (m > SR[0]) & (m < SR[1])
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
     classifier = ClassifierSettings(**{**s.classifier.__dict__, "seed": seed})
-    background = ConditionalDensity.fit(x[~in_sr], m[~in_sr], density, s.device, progress=False)
+    if s.flow_folds > 1:  # every sideband event scored by the method on a density that never saw it
+        background = DensityFolds.fit(x[~in_sr], m[~in_sr], density, s.flow_folds, s.device, progress=False)
+    else:
+        background = ConditionalDensity.fit(x[~in_sr], m[~in_sr], density, s.device, progress=False)
     fit_range = default_fit_range(m, SR)
     edges = np.linspace(*fit_range, 21)
     record: dict = {"seed": seed}
@@ -422,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transforms", type=int, default=8)
     p.add_argument("--trend-degree", type=int, default=DensitySettings.trend_degree,
                    help="polynomial trend in m taken out of the features before the flow (0: none)")
+    p.add_argument("--scale-degree", type=int, default=DensitySettings.scale_degree,
+                   help="polynomial trend in m of the features' log-width taken out before the flow (0: none)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     p.add_argument("--classifier", default="nn", choices=CLASSIFIER_MODELS, help="classifier model: nn or trees")
     p.add_argument("--trees", type=int, default=ClassifierSettings.trees, help="boosted-tree models per classifier (trees)")
@@ -430,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier-epochs", type=int, default=60)
     p.add_argument("--top-epochs", type=int, default=10)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--flow-folds", type=int, default=2,
+                   help="null study: background densities cross-fitted on this many sideband folds (1: one flow)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process with one thread")
@@ -445,10 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         args.transforms, args.hidden, args.top_epochs, args.folds, args.s_over_b = 3, [32, 32], 2, 2, 0.05
     s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
                  DensitySettings(architecture=args.architecture, epochs=args.epochs, transforms=args.transforms,
-                                 hidden=tuple(args.hidden), trend_degree=args.trend_degree),
+                                 hidden=tuple(args.hidden), trend_degree=args.trend_degree,
+                                 scale_degree=args.scale_degree),
                  ClassifierSettings(model=args.classifier, epochs=args.classifier_epochs, top_epochs=args.top_epochs,
                                     trees=args.trees),
-                 args.folds, args.device)
+                 args.folds, args.device, args.flow_folds)
     started = time.perf_counter()
     records = Path(args.out) / "records"
     records.mkdir(parents=True, exist_ok=True)

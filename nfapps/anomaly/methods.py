@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import gaussian_kde
 
 from .classifier import ClassifierSettings, CrossFit, cross_fit, train_classifier
-from .density import ConditionalDensity, DensitySettings
+from .density import ConditionalDensity, DensityFolds, DensitySettings
 from .metrics import auc
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class Scores:
     per event), so that a threshold set on ``sr`` keeps the same fraction of like events elsewhere
     — what the bump hunt needs of the sideband scores (the mean of K classifiers is narrower than
     one classifier's score: a tight cut on it would keep fewer sideband events and fake a bump).
+    ``sb``, from methods run on cross-fitted densities (:class:`DensityFolds`): one score per
+    sideband event the densities were trained on, each from the density that never saw it.
     """
 
     method: str
@@ -63,6 +66,7 @@ class Scores:
     scorer: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(repr=False)  # (x, m) ↦ scores
     diagnostics: dict = field(default_factory=dict)
     matched_scorer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    sb: np.ndarray | None = None  # one out-of-sample score per sideband training event (DensityFolds)
 
     def __call__(self, x: np.ndarray, m: np.ndarray) -> np.ndarray:
         return self.scorer(np.asarray(x, dtype=np.float64), np.asarray(m, dtype=np.float64))
@@ -72,11 +76,23 @@ class Scores:
         scorer = self.matched_scorer or self.scorer
         return scorer(np.asarray(x, dtype=np.float64), np.asarray(m, dtype=np.float64))
 
-    def of_events(self, x: np.ndarray, m: np.ndarray, in_sr: np.ndarray) -> np.ndarray:
+    def of_events(self, x: np.ndarray, m: np.ndarray, in_sr: np.ndarray, in_sb: np.ndarray | None = None) -> np.ndarray:
         """One score per event of a whole data set whose SR events (mask ``in_sr``) are those
-        ``sr`` scores: theirs from ``sr``, the others' from :meth:`matched` — what a bump hunt cuts on."""
+        ``sr`` scores: theirs from ``sr``, those of ``sb`` (if any) for the sideband training events
+        (mask ``in_sb``, default: every other event), the rest from :meth:`matched` — what a
+        bump hunt cuts on."""
+        in_sr = np.asarray(in_sr, dtype=bool)
         score = np.empty(len(in_sr))
-        score[in_sr], score[~in_sr] = self.sr, self.matched(x[~in_sr], m[~in_sr])
+        score[in_sr] = self.sr
+        rest = ~in_sr
+        if self.sb is not None:
+            in_sb = rest if in_sb is None else np.asarray(in_sb, dtype=bool)
+            if in_sb.sum() != len(self.sb) or (in_sb & in_sr).any():
+                raise ValueError(f"the sideband mask selects {int(in_sb.sum())} events outside the SR, but the densities "
+                                 f"were trained on {len(self.sb)}: pass the mask of the events they were trained on")
+            score[in_sb], rest = self.sb, rest & ~in_sb
+        if rest.any():
+            score[rest] = self.matched(x[rest], m[rest])
         return score
 
 
@@ -101,13 +117,19 @@ def anode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | None = None, 
 
 
 def sample_sr_masses(m_sr: np.ndarray, n: int, sr: tuple[float, float], seed: int = 0) -> np.ndarray:
-    """n masses from a Gaussian kernel density estimate of the SR masses, redrawn until inside the SR."""
+    """n masses from a Gaussian kernel density estimate of the SR masses, reflected at the SR's
+    edges: a kernel's mass beyond an edge is folded back inside (a draw at a − d becomes a + d),
+    the standard boundary correction. Merely dropping such draws would leave the estimate ≈ 40 %
+    low within a bandwidth of each edge (measured on the synthetic spectrum), and a CATHODE
+    classifier would learn that deficit of edge-like events as signal."""
+    low, high = sr
     kde = gaussian_kde(np.asarray(m_sr, dtype=np.float64))
     rng = np.random.default_rng(seed)
     out = np.empty(0)
     while len(out) < n:
-        draw = kde.resample(2 * (n - len(out)) + 16, seed=rng)[0]
-        out = np.r_[out, draw[(draw > sr[0]) & (draw < sr[1])]]
+        draw = kde.resample(n - len(out) + 16, seed=rng)[0]
+        draw = np.where(draw < low, 2 * low - draw, np.where(draw > high, 2 * high - draw, draw))
+        out = np.r_[out, draw[(draw > low) & (draw < high)]]  # a draw beyond a whole SR width away: redrawn
     return out[:n]
 
 
@@ -118,11 +140,51 @@ def background_samples(background: ConditionalDensity, m_sr: np.ndarray, sr: tup
     return background.sample(m, seed=seed), m
 
 
-def cathode(x_sb, m_sb, x_sr, m_sr, sr: tuple[float, float], background: ConditionalDensity | None = None,
+def _across_density_folds(name: str, folds: DensityFolds, x_sb, m_sb, n_sr: int, seed: int,
+                          run: Callable[[ConditionalDensity, np.ndarray, Path | None], Scores], checkpoint) -> Scores:
+    """A method on cross-fitted densities: ``run(density_k, keep_k, checkpoint_k)`` is the method
+    with density k, the sideband events ``keep_k`` it was trained on and its classifiers'
+    checkpoint directory. Each SR event takes its out-of-sample score from one density's method,
+    drawn at random; each sideband event from the method of the density that never saw it
+    (:attr:`Scores.sb`); new events the mean over the densities (:meth:`Scores.__call__`) or one
+    at random (:meth:`Scores.matched`)."""
+    if len(folds.fold) != len(m_sb):
+        raise ValueError(f"the densities were trained on {len(folds.fold)} sideband events, got {len(m_sb)}: "
+                         "pass the sideband events they were trained on")
+    runs = [run(density, folds.fold != k, None if checkpoint is None else Path(checkpoint) / f"density{k}")
+            for k, density in enumerate(folds.densities)]
+    pick = np.random.default_rng(seed + 7).integers(len(runs), size=n_sr)
+    sb = np.empty(len(m_sb))
+    for k, r in enumerate(runs):
+        sb[folds.fold == k] = r.matched(x_sb[folds.fold == k], m_sb[folds.fold == k])
+
+    def mean(x, m):
+        return np.mean([r(x, m) for r in runs], axis=0)
+
+    def matched(x, m):
+        which = np.random.default_rng(seed + 8).integers(len(runs), size=len(m))
+        out = np.empty(len(m))
+        for k, r in enumerate(runs):
+            if (which == k).any():
+                out[which == k] = r.matched(x[which == k], m[which == k])
+        return out
+
+    return Scores(name, np.choose(pick, [r.sr for r in runs]), mean, {**runs[0].diagnostics, "density_folds": len(runs)},
+                  matched, sb)
+
+
+def cathode(x_sb, m_sb, x_sr, m_sr, sr: tuple[float, float], background: ConditionalDensity | DensityFolds | None = None,
             settings: DensitySettings | None = None, classifier: ClassifierSettings | None = None, oversample: float = 4.0,
             folds: int = 5, device: str = "auto", progress: bool = True, seed: int = 0, checkpoint=None) -> Scores:
     """Classifiers of SR data against samples of the SB flow interpolated into the SR (``checkpoint``:
-    a directory where :func:`~nfapps.anomaly.classifier.cross_fit` keeps its finished folds)."""
+    a directory where :func:`~nfapps.anomaly.classifier.cross_fit` keeps its finished folds).
+    With cross-fitted densities (``background`` a :class:`DensityFolds`) the classifiers are
+    trained once per density and every sideband event is scored out of sample (:attr:`Scores.sb`)."""
+    if isinstance(background, DensityFolds):
+        x_sb, m_sb = np.asarray(x_sb, dtype=np.float64), np.asarray(m_sb, dtype=np.float64).ravel()
+        return _across_density_folds("cathode", background, x_sb, m_sb, len(m_sr), seed, lambda density, keep, where: cathode(
+            x_sb[keep], m_sb[keep], x_sr, m_sr, sr, density, classifier=classifier, oversample=oversample, folds=folds,
+            device=device, progress=progress, seed=seed, checkpoint=where), checkpoint)
     background = background or ConditionalDensity.fit(x_sb, m_sb, settings, device, progress=progress)
     samples, m_samples = background_samples(background, m_sr, sr, oversample, seed)
     fitted = cross_fit(np.asarray(x_sr), samples, folds, classifier, device, progress, desc="CATHODE classifiers",
@@ -132,7 +194,7 @@ def cathode(x_sb, m_sb, x_sr, m_sr, sr: tuple[float, float], background: Conditi
     return result
 
 
-def lacathode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | None = None,
+def lacathode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | DensityFolds | None = None,
               settings: DensitySettings | None = None, classifier: ClassifierSettings | None = None,
               oversample: float = 4.0, folds: int = 5, device: str = "auto", progress: bool = True, seed: int = 0,
               checkpoint=None) -> Scores:
@@ -143,7 +205,14 @@ def lacathode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | None = No
     background event — SR or sidebands — does not depend on its mass, and a cut on it keeps the
     background's m spectrum for the bump hunt's sideband fit. Flow errors in the SR, where the
     flow interpolates, are learnt as well: they raise the SR's pass rate a little above the
-    sidebands'. The price against CATHODE is some sensitivity."""
+    sidebands'. The price against CATHODE is some sensitivity. ``background`` may be a
+    :class:`DensityFolds`, as for :func:`cathode`: the sideband training events are then scored
+    out of sample too."""
+    if isinstance(background, DensityFolds):
+        x_sb, m_sb = np.asarray(x_sb, dtype=np.float64), np.asarray(m_sb, dtype=np.float64).ravel()
+        return _across_density_folds("lacathode", background, x_sb, m_sb, len(m_sr), seed, lambda density, keep, where: lacathode(
+            x_sb[keep], m_sb[keep], x_sr, m_sr, density, classifier=classifier, oversample=oversample, folds=folds,
+            device=device, progress=progress, seed=seed, checkpoint=where), checkpoint)
     background = background or ConditionalDensity.fit(x_sb, m_sb, settings, device, progress=progress)
     z_sr = background.latent(x_sr, m_sr)
     rng = np.random.default_rng(seed)

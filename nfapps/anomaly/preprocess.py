@@ -131,20 +131,26 @@ class Standardizer:
 
 @dataclass
 class MassTrend:
-    """The polynomial trend of preprocessed features in the resonant mass, to be taken out:
+    """The polynomial trend of preprocessed features in the resonant mass, location and scale,
+    to be taken out:
 
-        y ↦ y − Σ_{k=0}^{d} c_k t^k,   t = (m − centre)/scale,
+        y ↦ (y − μ(m)) / σ(m),   μ(m) = Σ_{k=0}^{d} c_k t^k,   log σ(m) = Σ_{k=0}^{e} b_k t^k,
+        t = (m − centre)/scale,
 
-    with c (d + 1 rows, one column per feature) the least-squares fit of y on the powers of t.
-    Features that drift with m (jet masses grow with m_jj) then leave the flow only the shape
-    around the trend to learn, which it interpolates into a signal region more easily. The map is
-    a shift by a function of m alone: its Jacobian in y is 1, so the density of y at m equals the
-    density of y − trend(m) at m, and nothing else changes.
+    per feature. c (d + 1 rows, one column per feature) is the least-squares fit of y on the
+    powers of t; b (e + 1 rows) maximises the Gaussian likelihood of the residuals y − μ(m) with
+    standard deviation σ(m) (Newton's method on a convex objective; ``log_scale`` None means
+    σ ≡ 1, a pure shift — a constant width needs no trend, the scaler already standardised it). Features that drift with m (jet
+    masses grow with m_jj, and spread more) then leave the flow only the shape around the trend to
+    learn, which it interpolates into a signal region more easily. The map acts on y at fixed m,
+    with log|det ∂u/∂y| = −Σ_j log σ_j(m) (:meth:`log_abs_det`; 0 for a pure shift): a density of
+    u at m becomes one of y at m by adding it.
     """
 
-    coefficients: np.ndarray  # (degree + 1, features)
+    coefficients: np.ndarray  # (degree + 1, features): μ(m)
     centre: float = 0.0
     scale: float = 1.0
+    log_scale: np.ndarray | None = None  # (scale degree + 1, features): log σ(m); None: σ ≡ 1
 
     @classmethod
     def none(cls, features: int) -> "MassTrend":
@@ -152,43 +158,87 @@ class MassTrend:
         return cls(np.zeros((1, features)))
 
     @staticmethod
-    def check_degree(degree: int) -> int:
-        """``degree`` if it is a valid trend degree (an integer ≥ 0), else a one-line ValueError."""
+    def check_degree(degree: int, what: str = "trend degree") -> int:
+        """``degree`` if it is a valid degree (an integer ≥ 0), else a one-line ValueError."""
         if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
-            raise ValueError(f"the trend degree must be an integer ≥ 0 (0: no trend), got {degree!r}")
+            raise ValueError(f"the {what} must be an integer ≥ 0 (0: no trend), got {degree!r}")
         return int(degree)
 
     @classmethod
-    def fit(cls, y: np.ndarray, m: np.ndarray, degree: int) -> "MassTrend":
-        """Least-squares trend of degree ``degree`` (0: none; 1: linear …) of y (events, features) in m."""
+    def fit(cls, y: np.ndarray, m: np.ndarray, degree: int, scale_degree: int = 0) -> "MassTrend":
+        """The trend of y (events, features) in m: the location's of degree ``degree`` and the
+        log-width's of degree ``scale_degree`` (each 0: none; 1: linear …)."""
         y = _check_matrix(y, "preprocessed features")
-        if cls.check_degree(degree) == 0:
+        degree, scale_degree = cls.check_degree(degree), cls.check_degree(scale_degree, "scale trend degree")
+        if degree == 0 and scale_degree == 0:
             return cls.none(y.shape[1])
         m = np.asarray(m, dtype=np.float64).ravel()
         centre, scale = float(m.mean()), float(m.std()) or 1.0
-        powers = np.vander((m - centre) / scale, degree + 1, increasing=True)
-        coefficients = np.linalg.lstsq(powers, y, rcond=None)[0]
-        return cls(coefficients, centre, scale)
+        t = (m - centre) / scale
+        coefficients = np.linalg.lstsq(np.vander(t, degree + 1, increasing=True), y, rcond=None)[0]
+        trend = cls(coefficients, centre, scale)
+        if scale_degree:
+            trend.log_scale = _log_width_fit(y - trend._values(m), np.vander(t, scale_degree + 1, increasing=True))
+        return trend
+
+    def _powers(self, m: np.ndarray, terms: int) -> np.ndarray:
+        return np.vander((np.asarray(m, dtype=np.float64).ravel() - self.centre) / self.scale, terms, increasing=True)
 
     def _values(self, m: np.ndarray) -> np.ndarray:
-        t = (np.asarray(m, dtype=np.float64).ravel() - self.centre) / self.scale
-        return np.vander(t, len(self.coefficients), increasing=True) @ self.coefficients
+        return self._powers(m, len(self.coefficients)) @ self.coefficients
+
+    def _log_widths(self, m: np.ndarray) -> np.ndarray:
+        """log σ_j(m), one row per mass (zeros for a pure shift)."""
+        if self.log_scale is None:
+            return np.zeros((np.asarray(m).size, self.coefficients.shape[1]))
+        return self._powers(m, len(self.log_scale)) @ self.log_scale
 
     def remove(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """y less its trend at masses m."""
-        return np.asarray(y, dtype=np.float64) - self._values(m)
+        """(y − μ(m)) / σ(m): y less its trend at masses m."""
+        return (np.asarray(y, dtype=np.float64) - self._values(m)) * np.exp(-self._log_widths(m))
 
     def restore(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """The inverse of :meth:`remove`."""
-        return np.asarray(y, dtype=np.float64) + self._values(m)
+        """The inverse of :meth:`remove`: μ(m) + σ(m)·y."""
+        return np.asarray(y, dtype=np.float64) * np.exp(self._log_widths(m)) + self._values(m)
+
+    def log_abs_det(self, m: np.ndarray) -> np.ndarray:
+        """log|det ∂remove/∂y| = −Σ_j log σ_j(m), one per mass."""
+        return -self._log_widths(m).sum(axis=1)
 
     def state(self) -> dict:
-        return {"coefficients": self.coefficients.tolist(), "centre": self.centre, "scale": self.scale}
+        state = {"coefficients": self.coefficients.tolist(), "centre": self.centre, "scale": self.scale}
+        if self.log_scale is not None:
+            state["log_scale"] = self.log_scale.tolist()
+        return state
 
     @classmethod
     def from_state(cls, state: dict) -> "MassTrend":
-        return cls(np.asarray(state["coefficients"], dtype=np.float64).reshape(len(state["coefficients"]), -1),
-                   float(state["centre"]), float(state["scale"]))
+        def matrix(rows) -> np.ndarray:
+            return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+
+        return cls(matrix(state["coefficients"]), float(state["centre"]), float(state["scale"]),
+                   matrix(state["log_scale"]) if state.get("log_scale") is not None else None)
+
+
+def _log_width_fit(residuals: np.ndarray, powers: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """b maximising Σ_i [−a_ij − r_ij² e^{−2 a_ij} / 2] with a = powers @ b, per feature j: the
+    Gaussian likelihood of residuals r whose log standard deviation is a polynomial. The objective
+    is convex in b; Newton's method from the constant fit converges in a few steps."""
+    n, features = residuals.shape
+    squares = residuals ** 2
+    b = np.zeros((powers.shape[1], features))
+    b[0] = 0.5 * np.log(np.maximum(squares.mean(axis=0), 1e-300))
+    for _ in range(iterations):
+        ratio = squares * np.exp(-2 * (powers @ b))  # r² / σ², per event and feature
+        step = np.empty_like(b)
+        for j in range(features):
+            gradient = powers.T @ (1 - ratio[:, j])
+            hessian = 2 * (powers * ratio[:, j, None]).T @ powers
+            step[:, j] = np.linalg.solve(hessian + 1e-12 * np.eye(len(hessian)), gradient)
+        b -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return b
 
 
 __all__ = ["LogitScaler", "Standardizer", "MassTrend"]

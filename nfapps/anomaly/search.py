@@ -90,8 +90,14 @@ def _split(events: Events, s: SearchSettings) -> tuple[np.ndarray, np.ndarray, n
 def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path, device: str, progress: bool) -> ConditionalDensity:
     saved = out / "background.nfapps"
     if saved.is_file():
+        density = ConditionalDensity.load(saved)
+        stored, wanted = asdict(density.settings), asdict(s.density)
+        differ = [f"{k} {stored[k]!r} ≠ {wanted[k]!r}" for k in wanted if stored.get(k) != wanted[k]]
+        if differ:
+            raise ValueError(f"{saved} was trained with other density settings ({', '.join(differ)}): "
+                             "delete it to retrain, or choose another --out")
         logger.info("using the background density in %s", saved)
-        return ConditionalDensity.load(saved)
+        return density
     density = ConditionalDensity.fit(events.features[train], events.mass[train], s.density, device,
                                      checkpoint=out / "background.ckpt", progress=progress)
     density.save(saved)
