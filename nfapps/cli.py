@@ -265,6 +265,9 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
                    help="classifier model: nn (a network) or trees (boosted decision trees, scikit-learn; default: nn)")
     s.add_argument("--classifier-epochs", type=int, default=40, help="epochs per network classifier (default: 40)")
     s.add_argument("--folds", type=int, default=5, help="cross-fitting folds (default: 5)")
+    s.add_argument("--flow-folds", type=int, default=2,
+                   help="cathode, lacathode: background densities cross-fitted on this many sideband folds, so that the "
+                        "sideband events of the bump hunt are scored out of sample (default: 2; 1: one density)")
     s.add_argument("--seed", type=int, default=0)
 
     def search(args: argparse.Namespace) -> int:
@@ -274,7 +277,7 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
                                  tree=args.tree, key=args.key, columns=args.columns, epochs=args.epochs,
                                  classifier_epochs=args.classifier_epochs, folds=args.folds, seed=args.seed,
                                  device=args.device, progress=not args.quiet, fit_range=args.fit_range,
-                                 classifier=args.classifier)
+                                 classifier=args.classifier, flow_folds=args.flow_folds)
         keys = ("method", "events", "sr_events", "two_sample_auc_control", "max_sic")
         print(json.dumps({k: summary[k] for k in keys if k in summary} | {"out": args.out}, indent=2))
         return 0

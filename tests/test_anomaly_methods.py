@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nfapps.anomaly.classifier import ClassifierSettings, cross_fit, train_classifier
-from nfapps.anomaly.density import ConditionalDensity, DensitySettings
+from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySettings
 from nfapps.anomaly.bumphunt import sculpting
 from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, sample_sr_masses, two_sample_auc
 from nfapps.anomaly.metrics import auc, max_sic, roc
@@ -209,6 +209,47 @@ def test_sr_masses_follow_the_data_inside_the_window():
     draw = sample_sr_masses(m, 5000, (3.3, 3.7), seed=0)
     assert draw.shape == (5000,) and draw.min() > 3.3 and draw.max() < 3.7
     assert abs(draw.mean() - 3.5) < 0.01
+
+
+def test_sr_masses_are_not_depleted_at_the_edges_of_a_falling_spectrum():
+    rng = np.random.default_rng(6)
+    m = 3.3 + rng.exponential(0.3, 60_000)
+    m = m[m < 3.7][:20_000]  # falling across the window, as m_jj does
+    draw = sample_sr_masses(m, 80_000, (3.3, 3.7), seed=1)
+    for low, high in ((3.3, 3.31), (3.69, 3.7), (3.45, 3.55)):  # within a bandwidth (≈ 0.02) of each edge, and inside
+        expected, got = np.mean((m > low) & (m < high)), np.mean((draw > low) & (draw < high))
+        assert got == pytest.approx(expected, rel=0.1), (low, high)  # cut-off draws instead of reflected: ≈ 0.6 ×
+
+
+def test_density_folds_train_each_density_without_its_fold_and_score_every_sideband_event_out_of_sample(tmp_path):
+    x, m, labels = toy_events(12000, 250, seed=6)
+    sr = (3.4, 3.6)
+    in_sr = (m > sr[0]) & (m < sr[1])
+    sb = ~in_sr
+    settings = DensitySettings(epochs=4, transforms=2, hidden=(16, 16))
+    folds = DensityFolds.fit(x[sb], m[sb], settings, 2, "cpu", checkpoint=tmp_path / "ckpt", progress=False)
+    assert len(folds) == 2 and abs(np.sum(folds.fold == 0) - np.sum(folds.fold == 1)) <= 1
+    for k, density in enumerate(folds.densities):  # its preprocessing was fitted on the events outside fold k
+        assert np.array_equal(density.scaler.low, LogitScaler.fit(x[sb][folds.fold != k]).low)
+        assert (tmp_path / "ckpt" / f"fold{k}.ckpt").is_file()
+    scores = cathode(x[sb], m[sb], x[in_sr], m[in_sr], sr, folds, classifier=FAST_TREES, folds=3, device="cpu",
+                     progress=False)
+    assert scores.sb.shape == (sb.sum(),) and scores.diagnostics["density_folds"] == 2
+    assert auc(scores.sr, labels[in_sr]) > 0.85
+    every = scores.of_events(x, m, in_sr)
+    assert np.array_equal(every[in_sr], scores.sr) and np.array_equal(every[sb], scores.sb)
+    with pytest.raises(ValueError, match="the densities were trained on"):
+        scores.of_events(x, m, in_sr, in_sb=sb & (m < 3.9))
+    latent = lacathode(x[sb], m[sb], x[in_sr], m[in_sr], folds, classifier=FAST_TREES, folds=3, device="cpu", progress=False)
+    assert latent.sb.shape == (sb.sum(),) and auc(latent.sr, labels[in_sr]) > 0.7
+    folds.save(tmp_path / "folds.nfapps")
+    again = DensityFolds.load(tmp_path / "folds.nfapps")
+    assert np.array_equal(again.fold, folds.fold)
+    assert np.array_equal(again.densities[1].log_prob(x[:50], m[:50]), folds.densities[1].log_prob(x[:50], m[:50]))
+    with pytest.raises(ValueError, match="flow folds must be an integer ≥ 2"):
+        DensityFolds.fit(x[sb], m[sb], settings, 1, "cpu", progress=False)
+    with pytest.raises(ValueError, match="trained on .* sideband events, got"):
+        cathode(x[sb][:100], m[sb][:100], x[in_sr], m[in_sr], sr, folds, classifier=FAST_TREES, progress=False)
 
 
 def test_methods_find_an_injected_signal_well_above_chance():

@@ -29,6 +29,10 @@ def events_file(tmp_path_factory) -> Path:
     return path
 
 
+def stored_settings(tmp_path) -> dict:
+    return json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]
+
+
 @pytest.mark.parametrize("method", ["cathode", "lacathode"])
 def test_search_finds_the_injected_signal_and_writes_every_output(events_file, tmp_path, method):
     events = read_events(events_file, "mjj", FEATURES, label="label")
@@ -37,8 +41,12 @@ def test_search_finds_the_injected_signal_and_writes_every_output(events_file, t
     assert summary["sr_signal"] > 150 and 0.06 < summary["sr_s_over_b"] < 0.10
     assert summary["max_sic"] > 3  # chance is ≈ 1
     assert 0.4 < summary["two_sample_auc_control"] < 0.6
-    for name in ("summary.json", "scores.csv", "features.png", "sic.png", "spectrum_0.2.png", "background.nfapps"):
+    for name in ("summary.json", "scores.csv", "features.png", "sic.png", "spectrum_0.2.png", "background-folds.nfapps"):
         assert (tmp_path / "run" / name).is_file(), name
+    assert stored_settings(tmp_path)["flow_folds"] == 2  # cross-fitted densities by default
+    with pytest.raises(ValueError, match="background-folds.nfapps was trained with other density settings \\(flow_folds 2 ≠ 3\\)"):
+        run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method=method, **{**FAST, "flow_folds": 3}),
+                   device="cpu", progress=False)
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stored["max_sic"] == pytest.approx(summary["max_sic"])
     hunt = stored["bump_hunt"][0]

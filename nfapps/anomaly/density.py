@@ -203,6 +203,8 @@ class DensityFolds:
         s = settings or DensitySettings()
         x, m = np.asarray(x, dtype=np.float64), np.asarray(m, dtype=np.float64).ravel()
         fold = cls.split(len(m), folds, s.seed)
+        if checkpoint is not None:
+            Path(checkpoint).mkdir(parents=True, exist_ok=True)
         densities = []
         for k in range(folds):
             logger.info("background density %d of %d (without sideband fold %d)", k + 1, folds, k)

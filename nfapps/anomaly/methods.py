@@ -26,15 +26,18 @@ cannot give (it contains the signal):
 - **supervised**: classifiers learn labelled signal against labelled background — the ceiling.
 
 Every method returns :class:`Scores`: an out-of-sample score of every SR data event (for the
-bump hunt on the same events) and a scorer for new events (for test sets and sidebands).
+bump hunt on the same events) and a scorer for new events (for test sets and sidebands). Given
+cross-fitted background densities (:class:`~nfapps.anomaly.density.DensityFolds`), CATHODE and
+LaCATHODE also score every sideband event they were trained on out of sample, as the bump hunt's
+sideband fit needs (a flow fits its own training events better than fresh ones).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import gaussian_kde

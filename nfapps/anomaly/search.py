@@ -5,9 +5,14 @@
 1. splits the events by the resonant mass into the signal region (SR) and the sidebands (SB),
    and holds out a tenth of the SB events as a control sample;
 2. trains the background density p(x | m) on the other SB events (methods anode, cathode, lacathode;
-   checkpointed in ``background.ckpt``, saved as ``background.nfapps``: an interrupted run resumes);
+   checkpointed in ``background.ckpt``, saved as ``background.nfapps``: an interrupted run resumes).
+   For cathode and lacathode it is cross-fitted (``flow_folds``, default 2: one density per fold
+   of the SB events, trained without that fold; checkpointed in ``background-folds/``, saved as
+   ``background-folds.nfapps``), so that the SB events the bump hunt fits are scored out of
+   sample, as the SR events are; ``flow_folds=1`` trains one density on all of them;
 3. scores every event with the method (:mod:`~nfapps.anomaly.methods`) — SR events out of sample,
-   the others as those were (:meth:`Scores.matched`: one fold's classifier each);
+   SB events by the method on the density that never saw them, the control events as the SR
+   events were (:meth:`Scores.matched`: one fold's classifier each);
    the cross-fitted classifiers keep their finished folds in ``classifiers-<method>/`` (a re-run loads them);
 4. checks the flow: a classifier two-sample test of flow samples against the held-out SB events at
    the same masses (AUC 0.5: indistinguishable), and a plot of SR data against flow samples;
@@ -35,7 +40,7 @@ from ..atomic import write_bytes_atomic
 from ..outputs import pyplot, save_figure, write_json
 from .bumphunt import bump_hunt, plot_bump_hunt, sculpting
 from .classifier import ClassifierSettings
-from .density import ConditionalDensity, DensitySettings
+from .density import ConditionalDensity, DensityFolds, DensitySettings
 from .methods import METHODS, anode, background_samples, cathode, cwola, lacathode, supervised, two_sample_auc
 from .metrics import roc
 from .readers import Events
@@ -60,6 +65,7 @@ class SearchSettings:
     density: DensitySettings = field(default_factory=DensitySettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     folds: int = 5
+    flow_folds: int = 2  # cross-fitted background densities for cathode and lacathode (1: one density)
     oversample: float = 4.0
     control_fraction: float = 0.1
     seed: int = 0
@@ -73,6 +79,8 @@ class SearchSettings:
         self.sr = (low, high)
         if not 0 < self.control_fraction < 0.5:
             raise ValueError(f"control_fraction must be in (0, 0.5), got {self.control_fraction}")
+        if isinstance(self.flow_folds, bool) or not isinstance(self.flow_folds, int) or self.flow_folds < 1:
+            raise ValueError(f"flow_folds must be an integer ≥ 1 (1: one background density), got {self.flow_folds!r}")
 
 
 def _split(events: Events, s: SearchSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,19 +95,30 @@ def _split(events: Events, s: SearchSettings) -> tuple[np.ndarray, np.ndarray, n
     return in_sr, ~in_sr & ~control, control
 
 
-def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path, device: str, progress: bool) -> ConditionalDensity:
-    saved = out / "background.nfapps"
+def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path, device: str,
+                progress: bool) -> ConditionalDensity | DensityFolds:
+    """The background density of the method: cross-fitted (``s.flow_folds`` > 1, cathode and
+    lacathode) or one; loaded from ``out`` if a finished one is there, which must have been
+    trained with the same settings."""
+    folds = s.flow_folds if s.method in ("cathode", "lacathode") else 1
+    kind = DensityFolds if folds > 1 else ConditionalDensity
+    saved = out / ("background-folds.nfapps" if folds > 1 else "background.nfapps")
     if saved.is_file():
-        density = ConditionalDensity.load(saved)
+        density = kind.load(saved)
         stored, wanted = asdict(density.settings), asdict(s.density)
         differ = [f"{k} {stored[k]!r} ≠ {wanted[k]!r}" for k in wanted if stored.get(k) != wanted[k]]
+        if folds > 1 and len(density) != folds:
+            differ.append(f"flow_folds {len(density)} ≠ {folds}")
         if differ:
             raise ValueError(f"{saved} was trained with other density settings ({', '.join(differ)}): "
                              "delete it to retrain, or choose another --out")
         logger.info("using the background density in %s", saved)
         return density
-    density = ConditionalDensity.fit(events.features[train], events.mass[train], s.density, device,
-                                     checkpoint=out / "background.ckpt", progress=progress)
+    x, m = events.features[train], events.mass[train]
+    if folds > 1:
+        density = DensityFolds.fit(x, m, s.density, folds, device, checkpoint=out / "background-folds", progress=progress)
+    else:
+        density = ConditionalDensity.fit(x, m, s.density, device, checkpoint=out / "background.ckpt", progress=progress)
     density.save(saved)
     return density
 
@@ -137,7 +156,7 @@ def run_search(events: Events, out: str | Path, settings: SearchSettings | None 
     x, m, labels = events.features, events.mass, events.labels
     background = _background(events, train, s, out, device, progress) if s.method in DENSITY_METHODS else None
     result = _scores(events, masks, s, background, device, progress, out)
-    score = result.of_events(x, m, in_sr)  # sideband scores distributed as the SR's out-of-sample ones
+    score = result.of_events(x, m, in_sr, train)  # sideband scores distributed as the SR's out-of-sample ones
 
     summary: dict[str, Any] = {
         "method": s.method, "settings": asdict(s), "features": events.names, "mass": events.mass_name,
@@ -149,8 +168,9 @@ def run_search(events: Events, out: str | Path, settings: SearchSettings | None 
         summary["sr_s_over_b"] = float(labels[in_sr].sum() / max((1 - labels[in_sr]).sum(), 1))
     samples = None
     if background is not None:
-        samples, m_samples = result.diagnostics.get("samples") or background_samples(background, m[in_sr], s.sr, 1.0, s.seed)
-        control_samples = background.sample(m[control], seed=s.seed + 1)
+        one = background.densities[0] if isinstance(background, DensityFolds) else background  # none saw the control events
+        samples, m_samples = result.diagnostics.get("samples") or background_samples(one, m[in_sr], s.sr, 1.0, s.seed)
+        control_samples = one.sample(m[control], seed=s.seed + 1)
         summary["two_sample_auc_control"] = two_sample_auc(control_samples, x[control], s.classifier, device, s.seed)
         _plot_features(out / "features.png", x[in_sr], samples, events.names, s.sr)
     if labels is not None and 0 < labels[in_sr].sum() < in_sr.sum():
