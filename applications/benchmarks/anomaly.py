@@ -353,17 +353,20 @@ def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict], 
     ``primary`` classifier model, and hatched of each compared one)."""
     drawers = []
     if synthetic:
+        names = [*COMPARED, "true_ratio"]
+        colour = {name: f"C{i}" for i, name in enumerate(names)}  # one colour per method in both panels
+
         def curves(ax):
             for name, curve in synthetic[0]["curves"].items():
-                ax.plot(curve["signal_efficiency"], curve["sic"], label=name)
+                ax.plot(curve["signal_efficiency"], curve["sic"], label=name,
+                        color=colour.get(name.replace(" likelihood ", "_"), None))
             ax.set(xlabel="signal efficiency", ylabel="SIC", title=f"synthetic, seed {synthetic[0]['seed']}")
             ax.legend(fontsize=8)
 
         def max_sics(ax):
-            names = [*COMPARED, "true_ratio"]
             for i, name in enumerate(names):
                 values = [r[f"max_sic_{name}"] for r in synthetic]
-                ax.scatter([i] * len(values), values, s=12)
+                ax.scatter([i] * len(values), values, s=12, color=colour[name])
             ax.set_xticks(range(len(names)), names, rotation=30)
             ax.set(ylabel="max SIC", title=f"synthetic, {len(synthetic)} seeds")
 
