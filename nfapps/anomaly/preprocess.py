@@ -188,21 +188,23 @@ class MassTrend:
         return self._powers(m, len(self.coefficients)) @ self.coefficients
 
     def _log_widths(self, m: np.ndarray) -> np.ndarray:
-        """log σ_j(m), one row per mass (zeros for a pure shift)."""
-        if self.log_scale is None:
-            return np.zeros((np.asarray(m).size, self.coefficients.shape[1]))
+        """log σ_j(m), one row per mass (only with a width trend)."""
         return self._powers(m, len(self.log_scale)) @ self.log_scale
 
     def remove(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
         """(y − μ(m)) / σ(m): y less its trend at masses m."""
-        return (np.asarray(y, dtype=np.float64) - self._values(m)) * np.exp(-self._log_widths(m))
+        shifted = np.asarray(y, dtype=np.float64) - self._values(m)
+        return shifted if self.log_scale is None else shifted * np.exp(-self._log_widths(m))
 
     def restore(self, y: np.ndarray, m: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`remove`: μ(m) + σ(m)·y."""
-        return np.asarray(y, dtype=np.float64) * np.exp(self._log_widths(m)) + self._values(m)
+        y = np.asarray(y, dtype=np.float64)
+        return (y if self.log_scale is None else y * np.exp(self._log_widths(m))) + self._values(m)
 
     def log_abs_det(self, m: np.ndarray) -> np.ndarray:
-        """log|det ∂remove/∂y| = −Σ_j log σ_j(m), one per mass."""
+        """log|det ∂remove/∂y| = −Σ_j log σ_j(m), one per mass (0 for a pure shift)."""
+        if self.log_scale is None:
+            return np.zeros(np.asarray(m).size)
         return -self._log_widths(m).sum(axis=1)
 
     def state(self) -> dict:
@@ -224,7 +226,7 @@ def _log_width_fit(residuals: np.ndarray, powers: np.ndarray, iterations: int = 
     """b maximising Σ_i [−a_ij − r_ij² e^{−2 a_ij} / 2] with a = powers @ b, per feature j: the
     Gaussian likelihood of residuals r whose log standard deviation is a polynomial. The objective
     is convex in b; Newton's method from the constant fit converges in a few steps."""
-    n, features = residuals.shape
+    features = residuals.shape[1]
     squares = residuals ** 2
     b = np.zeros((powers.shape[1], features))
     b[0] = 0.5 * np.log(np.maximum(squares.mean(axis=0), 1e-300))
