@@ -184,12 +184,47 @@ def test_a_density_saved_before_the_mass_trend_loads_as_one_without_it(tmp_path)
                                      progress=False)
     density.save(tmp_path / "new.nfapps")
     payload = load_container(tmp_path / "new.nfapps", "density")
-    del payload["trend"], payload["settings"]["trend_degree"]  # the layout before the trend existed
+    del payload["trend"], payload["settings"]["trend_degree"], payload["settings"]["ensemble"]  # the layout before the
+    payload["flow"] = payload.pop("flows")[0]  # trend and the ensembles existed
     dump(payload, tmp_path / "old.nfapps", "density")
     old = ConditionalDensity.load(tmp_path / "old.nfapps")
     assert old.settings.trend_degree == 0 and old.settings.scale_degree == 0
     assert np.array_equal(old.trend.coefficients, np.zeros((1, 3))) and old.trend.log_scale is None
     assert np.array_equal(old.log_prob(x[:50], m[:50]), density.log_prob(x[:50], m[:50]))
+
+
+def test_a_flow_ensemble_is_the_equal_mixture_of_its_members(tmp_path):
+    x, m, labels = toy_events(3000, 0, seed=4)
+    settings = DensitySettings(epochs=2, transforms=2, hidden=(16, 16), ensemble=2)
+    trained = ConditionalDensity.fit(x, m, settings, "cpu", checkpoint=tmp_path / "bg.ckpt", progress=False)
+    assert (tmp_path / "bg.ckpt").is_file() and (tmp_path / "bg-1.ckpt").is_file()  # each member resumes on its own
+    assert not np.allclose(trained.member(0).log_prob(x[:50], m[:50]), trained.member(1).log_prob(x[:50], m[:50]))
+    # members that differ a lot: the second learnt x₀ shifted by +0.8 (same preprocessing)
+    shifted = ConditionalDensity.fit(x + [0.8, 0, 0], m, DensitySettings(epochs=4, transforms=2, hidden=(16, 16)), "cpu",
+                                     progress=False, scaler=trained.scaler, trend=trained.trend)
+    mixture = ConditionalDensity(trained.scaler, trained.mass_scaler, [trained.flows[0], shifted.flows[0]], settings,
+                                 trained.trend)
+    mass = np.full(40_000, 3.5)
+    draws = mixture.sample(mass, seed=3)
+    log_p = mixture.log_prob(draws, mass)
+    members = [mixture.member(e).log_prob(draws, mass) for e in range(2)]
+    assert np.allclose(log_p, np.logaddexp(*members) - np.log(2))
+    for e in range(2):  # x ~ (p₀ + p₁)/2 ⇒ E[p_e / p] = 1 for each member
+        weights = np.exp(members[e] - log_p)
+        assert weights.mean() == pytest.approx(1, abs=4 * weights.std() / np.sqrt(len(weights)))
+    alone = mixture.member(0).sample(mass, seed=3)  # draws of one member fail that check
+    weights = np.exp(mixture.member(0).log_prob(alone, mass) - mixture.log_prob(alone, mass))
+    assert weights.mean() - 1 > 10 * weights.std() / np.sqrt(len(weights))
+    with pytest.raises(ValueError, match="no single latent space"):
+        mixture.latent(x[:10], m[:10])
+    assert mixture.member(1).latent(x[:10], m[:10]).shape == (10, 3)
+    with pytest.raises(ValueError, match="LaCATHODE needs one flow per background density"):
+        lacathode(x[:2000], m[:2000], x[2000:], m[2000:], mixture, classifier=FAST_TREES, progress=False)
+    mixture.save(tmp_path / "mixture.nfapps")
+    again = ConditionalDensity.load(tmp_path / "mixture.nfapps")
+    assert again.settings.ensemble == 2 and np.array_equal(again.log_prob(x[:50], m[:50]), mixture.log_prob(x[:50], m[:50]))
+    with pytest.raises(ValueError, match="the flow ensemble must be an integer ≥ 1"):
+        DensitySettings(ensemble=0)
 
 
 @pytest.mark.parametrize("trend_degree, scale_degree", [(0, 0), (2, 0), (1, 1)])

@@ -89,6 +89,8 @@ def test_cli_generate_and_search(tmp_path, capsys, classifier):
     ({"--sr": ["3.7", "3.3"]}, "low < high"),
     ({"--sr": ["7.0", "8.0"]}, "at least 50"),
     ({"--method": ["magic"]}, "method must be one of"),
+    ({"--method": ["lacathode"], "--flow-ensemble": ["3"]}, "lacathode needs one flow per background density"),
+    ({"--flow-ensemble": ["0"]}, "the flow ensemble must be an integer ≥ 1"),
 ])
 def test_cli_search_bad_input_gives_one_clear_line(events_file, tmp_path, capsys, override, message):
     options = {"--input": [str(events_file)], "--mass": ["mjj"], "--features": FEATURES, "--sr": ["3.3", "3.7"],

@@ -23,6 +23,10 @@ cut efficiency is flat in m_jj (the χ² p-values of the sculpting test are unif
 synthetic jet masses grow with m_jj, so a score of x alone (CATHODE's) sculpts; LaCATHODE's,
 a score of the flow's latent z = f(x | m), should not.
 
+``--flow-ensemble E`` makes each background density the equal mixture of E flows trained from
+different seeds (CATHODE's samples, ANODE's densities and the two-sample AUCs; LaCATHODE, which
+needs one latent space, takes each ensemble's first flow).
+
 Seeds run ``--jobs`` at a time in separate processes (one torch thread each); every seed's
 numbers depend on its seed only. Each finished seed is kept in ``<out>/records/``: a re-run with
 the same settings and ``--out`` after an interruption redoes only the unfinished seeds.
@@ -31,7 +35,8 @@ the same settings and ``--out`` after an interruption redoes only the unfinished
 window ``--window`` (default 3.45–3.55 TeV; the rest of 3.3–3.7 plays the sidebands), with
 ``--inject`` extra signal events added to the train+val "data" (1500 gives S/B ≈ 2.8 % in the
 window). Test: the window's events of innerdata_test (background split in half: one half is the
-idealized detector's "true background", the other half is scored).
+idealized detector's "true background" and the flow samples' two-sample test, the other half is
+scored).
 
 Writes ``anomaly.json`` (settings, environment, every record, summaries, targets) and
 ``anomaly.png`` (SIC curves of the first seed; per-method max SIC over seeds; null significances).
@@ -105,6 +110,16 @@ def _sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator
     return np.concatenate(ms)[:n], np.concatenate(xs)[:n]
 
 
+def _one_flow(background: ConditionalDensity | DensityFolds) -> ConditionalDensity | DensityFolds:
+    """LaCATHODE's density: ``background`` itself, or the first flow of each ensemble (a mixture of
+    flows has no single latent space)."""
+    if background.settings.ensemble == 1:
+        return background
+    if isinstance(background, DensityFolds):
+        return DensityFolds([density.member(0) for density in background.densities], background.fold)
+    return background.member(0)
+
+
 def _max_sic(scores: np.ndarray, labels: np.ndarray) -> tuple[float, object]:
     curve = roc(scores, labels)
     return curve.max_sic, curve
@@ -133,7 +148,7 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
     methods = {
         "cathode": lambda: cathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], SR, background, classifier=classifier,
                                    folds=s.folds, device=s.device, progress=False, seed=seed),
-        "lacathode": lambda: lacathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background, classifier=classifier,
+        "lacathode": lambda: lacathode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], _one_flow(background), classifier=classifier,
                                        folds=s.folds, device=s.device, progress=False, seed=seed),
         "anode": lambda: anode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background, density, s.device, progress=False),
         "cwola": lambda: cwola(x[~in_sr], x[in_sr], classifier, s.folds, s.device, progress=False),
@@ -202,7 +217,8 @@ def null_seed(seed: int, s: Settings) -> dict:
     record: dict = {"seed": seed}
     for name, method in (("cathode", cathode), ("lacathode", lacathode)):
         extra = {"sr": SR} if name == "cathode" else {}
-        result = method(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background=background, classifier=classifier,
+        density_of_method = background if name == "cathode" else _one_flow(background)
+        result = method(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background=density_of_method, classifier=classifier,
                         folds=s.folds, device=s.device, progress=False, seed=seed, **extra)
         score = result.of_events(x, m, in_sr)
         for keep in (0.2, 0.05):
@@ -234,6 +250,10 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, c
               "window_s_over_b": float(y[inside].sum() / (1 - y[inside]).sum())}
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
     background = ConditionalDensity.fit(x[~inside], m[~inside], density, s.device, progress=False)
+    record["two_sample_auc_true_background"] = two_sample_auc(background.sample(truth[:, 0], seed=seed), truth[:, 1:5],
+                                                              s.classifier, s.device, seed)
+    logger.info("LHCO inject %d: two-sample AUC of flow samples vs true background %.4f", inject,
+                record["two_sample_auc_true_background"])
     record["max_sic_anode"] = roc(anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device,
                                         progress=False)(x_t, m_t), y_t).max_sic
     logger.info("LHCO inject %d anode: max SIC %.2f", inject, record["max_sic_anode"])
@@ -242,7 +262,7 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, c
         for name, run in {
             "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=classifier,
                                        folds=s.folds, device=s.device, progress=False, seed=seed),
-            "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], background, classifier=classifier,
+            "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], _one_flow(background), classifier=classifier,
                                            folds=s.folds, device=s.device, progress=False, seed=seed),
             "cwola": lambda: cwola(x[~inside], x[inside], classifier, s.folds, s.device, progress=False),
             "idealized": lambda: idealized(x[inside], truth[:, 1:5], classifier, s.folds, s.device, progress=False),
@@ -434,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-degree", type=int, default=DensitySettings.scale_degree,
                    help="polynomial trend in m of the features' log-width taken out before the flow (0: none)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    p.add_argument("--flow-ensemble", type=int, default=1,
+                   help="each background density an equal mixture of this many flows from different seeds (CATHODE, "
+                        "ANODE and the two-sample AUC; LaCATHODE takes the first flow)")
     p.add_argument("--classifier", default="nn", choices=CLASSIFIER_MODELS, help="classifier model: nn or trees")
     p.add_argument("--trees", type=int, default=ClassifierSettings.trees, help="boosted-tree models per classifier (trees)")
     p.add_argument("--compare-classifiers", nargs="+", default=[], choices=CLASSIFIER_MODELS,
@@ -459,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
                  DensitySettings(architecture=args.architecture, epochs=args.epochs, transforms=args.transforms,
                                  hidden=tuple(args.hidden), trend_degree=args.trend_degree,
-                                 scale_degree=args.scale_degree),
+                                 scale_degree=args.scale_degree, ensemble=args.flow_ensemble),
                  ClassifierSettings(model=args.classifier, epochs=args.classifier_epochs, top_epochs=args.top_epochs,
                                     trees=args.trees),
                  args.folds, args.device, args.flow_folds)
@@ -505,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{leak['sr_signal_passing']['median']:.0f} / in sidebands {leak['sideband_signal_passing']['median']:.0f}, "
                   f"SR background prediction − truth = {leak['bias_in_errors']['median']:+.2f} σ (median)")
     for r in real:
-        print(f"LHCO window S/B {r['window_s_over_b']:.4f} (inject {r['inject']}): "
+        print(f"LHCO window S/B {r['window_s_over_b']:.4f} (inject {r['inject']}; two-sample AUC of flow samples vs true "
+              f"background {r.get('two_sample_auc_true_background', float('nan')):.3f}): "
               + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in LHCO_METHODS))
         for model in args.compare_classifiers:
             if model != args.classifier:

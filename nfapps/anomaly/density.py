@@ -5,7 +5,17 @@ trend in the mass taken out (:class:`~nfapps.anomaly.preprocess.MassTrend`: loca
 log-width, linear by default), and
 the mass standardised; the flow — the engine's MAF with affine or spline layers, or a spline coupling
 NSF — is trained by maximum likelihood with :func:`nfapps.fit` (early stopping on a held-out
-tenth, checkpoints that resume). ``log_prob`` is the density of the *preprocessed* features:
+tenth, checkpoints that resume).
+
+With ``DensitySettings(ensemble=E)`` E flows are trained on the same events from different seeds
+(initial weights, validation split, batch order) and the density is their equal mixture,
+p(x | m) = (1/E) Σ_e p_e(x | m): sampling picks a member at random for each draw. Each flow errs
+in its own way where the data are thin, and the mixture averages those errors out: on the LHCO
+arrays (README) the two-sample AUC of the samples against true background fell from
+0.509–0.532 for single flows to 0.503–0.505 for the mixture of five. A mixture has no single base
+space, so ``latent`` (LaCATHODE's) needs E = 1.
+
+``log_prob`` is the density of the *preprocessed* features:
 density ratios at the same x (ANODE's) need nothing more, and a Jacobian would cancel.
 ``sample`` draws x ~ p(x | m) for given masses and maps it back to physical features;
 ``latent`` maps events to the flow's base space, where background is N(0, I) at every mass.
@@ -14,11 +24,12 @@ density ratios at the same x (ANODE's) need nothing more, and a Jacobian would c
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
 from ..atomic import dump, load_container
 from ..builders import MAF, NSF
@@ -52,6 +63,7 @@ class DensitySettings:
     # (README, "null study")
     trend_degree: int = 1
     scale_degree: int = 0
+    ensemble: int = 1  # flows trained from different seeds; the density is their equal mixture
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -59,9 +71,16 @@ class DensitySettings:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.trend_degree = MassTrend.check_degree(self.trend_degree)
         self.scale_degree = MassTrend.check_degree(self.scale_degree, "scale trend degree")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, (int, np.integer)) or self.ensemble < 1:
+            raise ValueError(f"the flow ensemble must be an integer ≥ 1 (1: one flow), got {self.ensemble!r}")
+        self.ensemble = int(self.ensemble)
 
-    def build(self, features: int) -> Flow:
-        torch.manual_seed(self.seed)
+    def member_seed(self, member: int) -> int:
+        """The seed of ensemble member ``member`` (member 0: ``seed`` itself)."""
+        return self.seed + 1000 * member
+
+    def build(self, features: int, member: int = 0) -> Flow:
+        torch.manual_seed(self.member_seed(member))
         if self.architecture == "nsf":
             return NSF(features, context=1, bins=self.bins, transforms=self.transforms, hidden=self.hidden, bound=6.0)
         elementwise = "spline" if self.architecture == "maf-spline" else "affine"
@@ -70,12 +89,20 @@ class DensitySettings:
 
 
 class ConditionalDensity:
-    """p(x | m): a preprocessing of x and m and a conditional flow on the result."""
+    """p(x | m): a preprocessing of x and m and a conditional flow on the result (or an equal
+    mixture of ``settings.ensemble`` flows)."""
 
-    def __init__(self, scaler: LogitScaler, mass_scaler: Standardizer, flow: Flow, settings: DensitySettings,
+    def __init__(self, scaler: LogitScaler, mass_scaler: Standardizer, flows: Flow | list[Flow], settings: DensitySettings,
                  trend: MassTrend | None = None) -> None:
-        self.scaler, self.mass_scaler, self.flow, self.settings = scaler, mass_scaler, flow, settings
+        self.flows = [flows] if isinstance(flows, Flow) else list(flows)
+        if len(self.flows) != settings.ensemble:
+            raise ValueError(f"the settings ask for an ensemble of {settings.ensemble} flows, got {len(self.flows)}")
+        self.scaler, self.mass_scaler, self.settings = scaler, mass_scaler, settings
         self.trend = trend or MassTrend.none(len(scaler.low))
+
+    def member(self, e: int) -> "ConditionalDensity":
+        """Ensemble member e alone, with the same preprocessing."""
+        return ConditionalDensity(self.scaler, self.mass_scaler, self.flows[e], replace(self.settings, ensemble=1), self.trend)
 
     @classmethod
     def fit(cls, x: np.ndarray, m: np.ndarray, settings: DensitySettings | None = None, device: str = "auto",
@@ -91,12 +118,18 @@ class ConditionalDensity:
         mass_scaler = Standardizer.fit(m)
         y = scaler.transform(x)
         trend = trend or MassTrend.fit(y, m, s.trend_degree, s.scale_degree)
-        flow = s.build(x.shape[1])
-        fit(flow, torch.as_tensor(trend.remove(y, m), dtype=torch.float32),
-            torch.as_tensor(mass_scaler.transform(m)[:, None], dtype=torch.float32),
-            epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, patience=s.patience,
-            seed=s.seed, device=device, checkpoint=checkpoint, progress=progress)
-        return cls(scaler, mass_scaler, flow.cpu().eval(), s, trend)
+        features = torch.as_tensor(trend.remove(y, m), dtype=torch.float32)
+        context = torch.as_tensor(mass_scaler.transform(m)[:, None], dtype=torch.float32)
+        flows = []
+        for e in range(s.ensemble):
+            if s.ensemble > 1:
+                logger.info("flow %d of the ensemble of %d", e + 1, s.ensemble)
+            flow = s.build(x.shape[1], e)
+            fit(flow, features, context, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+                patience=s.patience, seed=s.member_seed(e), device=device, checkpoint=_member_checkpoint(checkpoint, e),
+                progress=progress)
+            flows.append(flow.cpu().eval())
+        return cls(scaler, mass_scaler, flows, s, trend)
 
     def _context(self, m: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(self.mass_scaler.transform(np.asarray(m, dtype=np.float64).ravel())[:, None], dtype=torch.float32)
@@ -108,48 +141,52 @@ class ConditionalDensity:
     @torch.no_grad()
     def log_prob(self, x: np.ndarray, m: np.ndarray, batch: int = 65_536) -> np.ndarray:
         """log p(y | m) of the preprocessed features y of x: the flow's density of the de-trended
-        features plus the trend's log|det| at m."""
+        features (an ensemble's: log (1/E) Σ_e p_e) plus the trend's log|det| at m."""
         y, c = self._flow_input(x, m), self._context(m)
-        flow = [self.flow.log_prob(a, b).double().numpy() for a, b in zip(y.split(batch), c.split(batch))]
-        return np.concatenate(flow) + self.trend.log_abs_det(m)
+        members = np.stack([np.concatenate([flow.log_prob(a, b).double().numpy() for a, b in zip(y.split(batch), c.split(batch))])
+                            if len(y) else np.zeros(0) for flow in self.flows])
+        return logsumexp(members, axis=0) - np.log(len(self.flows)) + self.trend.log_abs_det(m)
 
     @torch.no_grad()
     def latent(self, x: np.ndarray, m: np.ndarray, batch: int = 65_536) -> np.ndarray:
         """The flow's base point z = f(y | m) of the preprocessed features y of x. For background
         events z ~ N(0, I) at every mass (as far as the flow is right): a score of z alone does
         not depend on m for background, so a cut on it does not sculpt the mass spectrum."""
+        if len(self.flows) > 1:
+            raise ValueError(f"a mixture of {len(self.flows)} flows has no single latent space: LaCATHODE needs one flow "
+                             "(density ensemble 1), or take one member with .member(e)")
         y, c = self._flow_input(x, m), self._context(m)
-        pieces = [self.flow.to_base(a, b).double().numpy() for a, b in zip(y.split(batch), c.split(batch))]
+        pieces = [self.flows[0].to_base(a, b).double().numpy() for a, b in zip(y.split(batch), c.split(batch))]
         return np.concatenate(pieces) if pieces else np.zeros((0, y.shape[1]))
 
     @torch.no_grad()
     def sample(self, m: np.ndarray, seed: int = 0, batch: int = 65_536) -> np.ndarray:
-        """One x ~ p(x | m) per mass in m, in physical features. Rare draws far outside the
-        fitted range are redrawn (at most a few times) so the result holds no overflow."""
+        """One x ~ p(x | m) per mass in m, in physical features (an ensemble's member drawn at
+        random for each). Rare draws far outside the fitted range are redrawn (at most a few
+        times) so the result holds no overflow."""
         generator = torch.Generator().manual_seed(seed)
+        m = np.asarray(m, dtype=np.float64).ravel()
         c = self._context(m)
-        pieces = []
-        for piece in c.split(batch):
-            y = self.flow.sample(1, piece, generator=generator)[:, 0].double().numpy()
-            for _ in range(5):
-                bad = ~np.isfinite(y).all(axis=1) | (np.abs(y) > 50).any(axis=1)
-                if not bad.any():
-                    break
-                y[bad] = self.flow.sample(1, piece[torch.as_tensor(bad)], generator=generator)[:, 0].double().numpy()
-            pieces.append(y)
-        y = np.concatenate(pieces) if pieces else np.zeros((0, len(self.scaler.low)))
+        which = np.random.default_rng(seed).integers(len(self.flows), size=len(m))
+        y = np.zeros((len(m), len(self.scaler.low)))
+        for e, flow in enumerate(self.flows):
+            rows = np.flatnonzero(which == e)
+            for start in range(0, len(rows), batch):
+                piece = rows[start:start + batch]
+                y[piece] = _draw(flow, c[torch.as_tensor(piece)], generator)
         y = self.trend.restore(y, m)
         return self.scaler.inverse(np.clip(y, -50, 50))
 
     def _payload(self) -> dict:
-        """The flow and the preprocessing as plain types (what :meth:`_from_payload` reads)."""
-        return {"flow": flow_payload(self.flow), "scaler": self.scaler.state(), "mass_scaler": self.mass_scaler.state(),
+        """The flows and the preprocessing as plain types (what :meth:`_from_payload` reads)."""
+        return {"flows": [flow_payload(flow) for flow in self.flows], "scaler": self.scaler.state(), "mass_scaler": self.mass_scaler.state(),
                 "trend": self.trend.state()}
 
     @classmethod
     def _from_payload(cls, payload: dict, settings: DensitySettings, path: str | Path) -> "ConditionalDensity":
+        flows = payload["flows"] if "flows" in payload else [payload["flow"]]  # one "flow" before ensembles existed
         return cls(LogitScaler.from_state(payload["scaler"]), Standardizer.from_state(payload["mass_scaler"]),
-                   flow_from_payload(payload["flow"], path).eval(), settings,
+                   [flow_from_payload(flow, path).eval() for flow in flows], settings,
                    MassTrend.from_state(payload["trend"]) if "trend" in payload else None)
 
     def save(self, path: str | Path) -> None:
@@ -161,6 +198,26 @@ class ConditionalDensity:
         # a density saved before the mass trend (or its width) existed modelled the features without it
         settings = DensitySettings(**{"trend_degree": 0, "scale_degree": 0, **payload["settings"]})
         return cls._from_payload(payload, settings, path)
+
+
+def _member_checkpoint(checkpoint: str | Path | None, e: int) -> Path | None:
+    """Ensemble member e's checkpoint: ``checkpoint`` itself for member 0, ``<stem>-<e><suffix>`` after."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    return path if e == 0 else path.with_name(f"{path.stem}-{e}{path.suffix}")
+
+
+def _draw(flow: Flow, context: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+    """One draw of ``flow`` per context row; draws that are not finite or lie beyond ±50 (far
+    outside anything fitted) are redrawn, at most five times."""
+    y = flow.sample(1, context, generator=generator)[:, 0].double().numpy()
+    for _ in range(5):
+        bad = ~np.isfinite(y).all(axis=1) | (np.abs(y) > 50).any(axis=1)
+        if not bad.any():
+            break
+        y[bad] = flow.sample(1, context[torch.as_tensor(bad)], generator=generator)[:, 0].double().numpy()
+    return y
 
 
 class DensityFolds:

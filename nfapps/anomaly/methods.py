@@ -210,7 +210,12 @@ def lacathode(x_sb, m_sb, x_sr, m_sr, background: ConditionalDensity | DensityFo
     flow interpolates, are learnt as well: they raise the SR's pass rate a little above the
     sidebands'. The price against CATHODE is some sensitivity. ``background`` may be a
     :class:`DensityFolds`, as for :func:`cathode`: the sideband training events are then scored
-    out of sample too."""
+    out of sample too. A density that is a mixture of flows (``DensitySettings.ensemble`` > 1)
+    has no single latent space and is refused."""
+    ensemble = (background.settings if background is not None else settings or DensitySettings()).ensemble
+    if ensemble > 1:
+        raise ValueError(f"LaCATHODE needs one flow per background density (its latent space), got an ensemble of {ensemble}: "
+                         "use ensemble 1, or one member's density")
     if isinstance(background, DensityFolds):
         x_sb, m_sb = np.asarray(x_sb, dtype=np.float64), np.asarray(m_sb, dtype=np.float64).ravel()
         return _across_density_folds("lacathode", background, x_sb, m_sb, len(m_sr), seed, lambda density, keep, where: lacathode(

@@ -9,7 +9,9 @@
    For cathode and lacathode it is cross-fitted (``flow_folds``, default 2: one density per fold
    of the SB events, trained without that fold; checkpointed in ``background-folds/``, saved as
    ``background-folds.nfapps``), so that the SB events the bump hunt fits are scored out of
-   sample, as the SR events are; ``flow_folds=1`` trains one density on all of them;
+   sample, as the SR events are; ``flow_folds=1`` trains one density on all of them. With
+   ``DensitySettings(ensemble=E)`` (``--flow-ensemble``; cathode and anode) each density is the
+   equal mixture of E flows trained from different seeds;
 3. scores every event with the method (:mod:`~nfapps.anomaly.methods`) — SR events out of sample,
    SB events by the method on the density that never saw them, the control events as the SR
    events were (:meth:`Scores.matched`: one fold's classifier each);
@@ -81,6 +83,9 @@ class SearchSettings:
             raise ValueError(f"control_fraction must be in (0, 0.5), got {self.control_fraction}")
         if isinstance(self.flow_folds, bool) or not isinstance(self.flow_folds, int) or self.flow_folds < 1:
             raise ValueError(f"flow_folds must be an integer ≥ 1 (1: one background density), got {self.flow_folds!r}")
+        if self.method == "lacathode" and self.density.ensemble > 1:
+            raise ValueError(f"lacathode needs one flow per background density (its latent space), got a flow ensemble of "
+                             f"{self.density.ensemble}: use --flow-ensemble 1, or --method cathode")
 
 
 def _split(events: Events, s: SearchSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
