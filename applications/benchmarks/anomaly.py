@@ -424,8 +424,11 @@ def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict], 
                     ax.bar(np.arange(len(LHCO_METHODS)) + (i * len(models) + j) * width, values, width,
                            hatch="//" if model else None, label=f"S/B {r['window_s_over_b']:.3f}, {model or primary} classifiers")
             ax.set_xticks(np.arange(len(LHCO_METHODS)) + 0.4 - width / 2, LHCO_METHODS)
+            if any(r["inject"] >= 1000 for r in real):
+                ax.axhline(7.2, color="0.4", linestyle="--", linewidth=1, label="CATHODE target at S/B ≈ 2.7 %")
             ax.set(ylabel="max SIC", title="LHCO R&D arrays, pseudo-window")
-            ax.legend(fontsize=8)
+            ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend
+            ax.legend(fontsize=8, loc="upper left")
 
         drawers.append(lhco_bars)
     plt = pyplot()
