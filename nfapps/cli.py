@@ -268,10 +268,10 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
     s.add_argument("--flow-folds", type=int, default=2,
                    help="cathode, lacathode: background densities cross-fitted on this many sideband folds, so that the "
                         "sideband events of the bump hunt are scored out of sample (default: 2; 1: one density)")
-    s.add_argument("--flow-ensemble", type=int, default=1,
+    s.add_argument("--flow-ensemble", type=int,
                    help="cathode, anode: each background density an equal mixture of this many flows trained from different "
                         "seeds; its samples are closer to the true background (README), at this many times the training "
-                        "(default: 1; lacathode needs 1)")
+                        "(default: 3 for cathode and anode; lacathode needs 1)")
     s.add_argument("--seed", type=int, default=0)
 
     def search(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import pytest
 from nfapps.anomaly.bumphunt import bump_hunt
 from nfapps.anomaly.classifier import ClassifierSettings
 from nfapps.anomaly.density import DensitySettings
-from nfapps.anomaly.job import run_generate
+from nfapps.anomaly.job import DEFAULT_FLOW_ENSEMBLE, flow_ensemble_for, run_generate
 from nfapps.anomaly.readers import read_events
 from nfapps.anomaly.search import SearchSettings, default_fit_range, run_search
 from nfapps.anomaly.synthetic import DijetModel, make_dataset
@@ -99,6 +99,12 @@ def test_cli_search_bad_input_gives_one_clear_line(events_file, tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_command_mixes_flows_by_default_except_for_lacathode():
+    assert flow_ensemble_for("cathode") == flow_ensemble_for("anode") == DEFAULT_FLOW_ENSEMBLE > 1
+    assert flow_ensemble_for("lacathode") == 1  # its latent space needs one flow
+    assert flow_ensemble_for("cathode", 1) == 1 and flow_ensemble_for("anode", 5) == 5
 
 
 def test_default_fit_range_starts_above_the_trigger_turn_on():

@@ -99,7 +99,7 @@ class Settings:
     flow_folds: int = 1  # the null study's cross-fitted background densities (1: one flow)
 
 
-def _sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n events of one class inside the SR (rejection on m_jj)."""
     ms, xs = [], []
     while sum(len(m) for m in ms) < n:
@@ -133,8 +133,8 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
     m, x, y = data["mjj"], np.c_[data["mj1"], data["delta_mj"], data["tau21_1"], data["tau21_2"]], data["label"]
     in_sr = (m > SR[0]) & (m < SR[1])
     rng = np.random.default_rng(10_000 + seed)
-    m_tb, x_tb = _sr_events(model, s.test_background, False, rng)
-    m_ts, x_ts = _sr_events(model, s.test_signal, True, rng)
+    m_tb, x_tb = sr_events(model, s.test_background, False, rng)
+    m_ts, x_ts = sr_events(model, s.test_signal, True, rng)
     m_t, x_t, y_t = np.r_[m_tb, m_ts], np.r_[x_tb, x_ts], np.r_[np.zeros(len(m_tb)), np.ones(len(m_ts))]
     started = time.perf_counter()
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
@@ -152,9 +152,9 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
                                        folds=s.folds, device=s.device, progress=False, seed=seed),
         "anode": lambda: anode(x[~in_sr], m[~in_sr], x[in_sr], m[in_sr], background, density, s.device, progress=False),
         "cwola": lambda: cwola(x[~in_sr], x[in_sr], classifier, s.folds, s.device, progress=False),
-        "idealized": lambda: idealized(x[in_sr], model.sample_background_features(_sr_events(model, 4 * int(in_sr.sum()), False, rng)[0], rng),
+        "idealized": lambda: idealized(x[in_sr], model.sample_background_features(sr_events(model, 4 * int(in_sr.sum()), False, rng)[0], rng),
                                        classifier, s.folds, s.device, progress=False),
-        "supervised": lambda: supervised(_sr_events(model, s.test_signal, True, rng)[1], _sr_events(model, s.test_background, False, rng)[1],
+        "supervised": lambda: supervised(sr_events(model, s.test_signal, True, rng)[1], sr_events(model, s.test_background, False, rng)[1],
                                          x[in_sr], classifier, s.device),
     }
     for name, run in methods.items():

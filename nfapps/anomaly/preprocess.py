@@ -85,6 +85,15 @@ class LogitScaler:
             raise ValueError(f"expected {len(self.low)} features, got {x.shape[1]}")
         return (self._logit(x) - self.mean) / self.std
 
+    def log_abs_det(self, x: np.ndarray) -> np.ndarray:
+        """log|det ∂y/∂x| per event, y = transform(x): the map is elementwise, so
+        Σ_j −log σ_j − log u_j − log(1 − u_j) + log((1 − 2·margin)/(high_j − low_j)), u the unit
+        value. A density of y becomes one of x by adding it: log p_x(x) = log p_y(y) + log|det|."""
+        x = _check_matrix(x, "features")
+        u = np.clip(self._unit(x), CLIP, 1 - CLIP)
+        scale = np.log1p(-2 * self.margin) - np.log(self.high - self.low) - np.log(self.std)
+        return (scale - np.log(u) - np.log1p(-u)).sum(axis=1)
+
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Preprocessed features → physical features."""
         y = _check_matrix(y, "preprocessed features")
