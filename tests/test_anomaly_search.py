@@ -36,7 +36,9 @@ def stored_settings(tmp_path) -> dict:
 @pytest.mark.parametrize("method", ["cathode", "lacathode"])
 def test_search_finds_the_injected_signal_and_writes_every_output(events_file, tmp_path, method):
     events = read_events(events_file, "mjj", FEATURES, label="label")
-    summary = run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method=method, **FAST), device="cpu",
+    ensemble = 2 if method == "cathode" else 1  # cathode's densities mixtures of two flows, as the command's are
+    fast = {**FAST, "density": DensitySettings(**{**FAST["density"].__dict__, "ensemble": ensemble})}
+    summary = run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method=method, **fast), device="cpu",
                          progress=False)
     assert summary["sr_signal"] > 150 and 0.06 < summary["sr_s_over_b"] < 0.10
     assert summary["max_sic"] > 3  # chance is ≈ 1
@@ -44,8 +46,10 @@ def test_search_finds_the_injected_signal_and_writes_every_output(events_file, t
     for name in ("summary.json", "scores.csv", "features.png", "sic.png", "spectrum_0.2.png", "background-folds.nfapps"):
         assert (tmp_path / "run" / name).is_file(), name
     assert stored_settings(tmp_path)["flow_folds"] == 2  # cross-fitted densities by default
+    assert stored_settings(tmp_path)["density"]["ensemble"] == ensemble
+    assert (tmp_path / "run" / "background-folds" / "fold1-1.ckpt").is_file() == (ensemble == 2)
     with pytest.raises(ValueError, match="background-folds.nfapps was trained with other density settings \\(flow_folds 2 ≠ 3\\)"):
-        run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method=method, **{**FAST, "flow_folds": 3}),
+        run_search(events, tmp_path / "run", SearchSettings(sr=(3.3, 3.7), method=method, **{**fast, "flow_folds": 3}),
                    device="cpu", progress=False)
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stored["max_sic"] == pytest.approx(summary["max_sic"])
