@@ -11,9 +11,10 @@ With ``DensitySettings(ensemble=E)`` E flows are trained on the same events from
 (initial weights, validation split, batch order) and the density is their equal mixture,
 p(x | m) = (1/E) Σ_e p_e(x | m): sampling picks a member at random for each draw. Each flow errs
 in its own way where the data are thin, and the mixture averages those errors out: trained on the
-sidebands of 200k synthetic background events (README), the two-sample AUC of the samples
-against 100k true SR background events was 0.516–0.518 for five single flows, 0.512 for the
-mixture of two of them and 0.509 for all five. A mixture has no single base space, so
+sidebands of 200k synthetic background events (README, ``anomaly_fidelity.py``) and measured on
+100k true SR background events, the KL divergence of the truth from the density fell from
+0.0114 nats (one flow, mean of five) to 0.0085 (three mixed) and 0.0074 (five), and the
+two-sample AUC of the samples from 0.518 to 0.515 and 0.507. A mixture has no single base space, so
 ``latent`` (LaCATHODE's) needs E = 1.
 
 ``log_prob`` is the density of the *preprocessed* features:
