@@ -262,7 +262,8 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, c
         for name, run in {
             "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=classifier,
                                        folds=s.folds, device=s.device, progress=False, seed=seed),
-            "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], _one_flow(background), classifier=classifier,
+            "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], _one_flow(background),
+                                           classifier=classifier,
                                            folds=s.folds, device=s.device, progress=False, seed=seed),
             "cwola": lambda: cwola(x[~inside], x[inside], classifier, s.folds, s.device, progress=False),
             "idealized": lambda: idealized(x[inside], truth[:, 1:5], classifier, s.folds, s.device, progress=False),

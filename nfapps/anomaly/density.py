@@ -187,8 +187,8 @@ class ConditionalDensity:
 
     def _payload(self) -> dict:
         """The flows and the preprocessing as plain types (what :meth:`_from_payload` reads)."""
-        return {"flows": [flow_payload(flow) for flow in self.flows], "scaler": self.scaler.state(), "mass_scaler": self.mass_scaler.state(),
-                "trend": self.trend.state()}
+        return {"flows": [flow_payload(flow) for flow in self.flows], "scaler": self.scaler.state(),
+                "mass_scaler": self.mass_scaler.state(), "trend": self.trend.state()}
 
     @classmethod
     def _from_payload(cls, payload: dict, settings: DensitySettings, path: str | Path) -> "ConditionalDensity":
