@@ -291,6 +291,9 @@ def test_density_folds_train_each_density_without_its_fold_and_score_every_sideb
     again = DensityFolds.load(tmp_path / "folds.nfapps")
     assert np.array_equal(again.fold, folds.fold)
     assert np.array_equal(again.densities[1].log_prob(x[:50], m[:50]), folds.densities[1].log_prob(x[:50], m[:50]))
+    first = folds.member(0)  # one flow per density already: the same densities on the same folds
+    assert np.array_equal(first.fold, folds.fold)
+    assert np.array_equal(first.densities[1].log_prob(x[:50], m[:50]), folds.densities[1].log_prob(x[:50], m[:50]))
     with pytest.raises(ValueError, match="flow folds must be an integer ≥ 2"):
         DensityFolds.fit(x[sb], m[sb], settings, 1, "cpu", progress=False)
     with pytest.raises(ValueError, match="trained on .* sideband events, got"):

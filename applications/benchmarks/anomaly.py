@@ -111,12 +111,8 @@ def sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator)
 
 
 def _one_flow(background: ConditionalDensity | DensityFolds) -> ConditionalDensity | DensityFolds:
-    """LaCATHODE's density: ``background`` itself, or the first flow of each ensemble (a mixture of
-    flows has no single latent space)."""
-    if background.settings.ensemble == 1:
-        return background
-    if isinstance(background, DensityFolds):
-        return DensityFolds([density.member(0) for density in background.densities], background.fold)
+    """LaCATHODE's density: the first flow of each ensemble (a mixture of flows has no single
+    latent space; with one flow per density, the same density)."""
     return background.member(0)
 
 
@@ -263,8 +259,8 @@ def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, c
             "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=classifier,
                                        folds=s.folds, device=s.device, progress=False, seed=seed),
             "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], _one_flow(background),
-                                           classifier=classifier,
-                                           folds=s.folds, device=s.device, progress=False, seed=seed),
+                                           classifier=classifier, folds=s.folds, device=s.device, progress=False,
+                                           seed=seed),
             "cwola": lambda: cwola(x[~inside], x[inside], classifier, s.folds, s.device, progress=False),
             "idealized": lambda: idealized(x[inside], truth[:, 1:5], classifier, s.folds, s.device, progress=False),
         }.items():

@@ -281,6 +281,11 @@ class DensityFolds:
     def __len__(self) -> int:
         return len(self.densities)
 
+    def member(self, e: int) -> "DensityFolds":
+        """Ensemble member e of every fold's density, on the same folds (as
+        :meth:`ConditionalDensity.member`)."""
+        return DensityFolds([density.member(e) for density in self.densities], self.fold)
+
     @property
     def settings(self) -> DensitySettings:
         return self.densities[0].settings
