@@ -34,16 +34,19 @@ the same settings and ``--out`` after an interruption redoes only the unfinished
 ``lhco`` (``--lhco``): the real arrays of ``../shared/data/lhco-rd-sr`` with the pseudo signal
 window ``--window`` (default 3.45–3.55 TeV; the rest of 3.3–3.7 plays the sidebands), with
 ``--inject`` extra signal events added to the train+val "data" (1500 gives S/B ≈ 2.8 % in the
-window). Test: the window's events of innerdata_test (background split in half: one half is the
-idealized detector's "true background" and the flow samples' two-sample test, the other half is
-scored).
+window), for ``--lhco-seeds`` seeds each (flows, classifiers and samples; median and spread
+reported). Every method scores all the window's events of innerdata_test (≈ 10k background,
+7k signal). The idealized detector's "true background" is that test background too, cross-fitted:
+it is split into ``--folds`` folds, and the events of fold k (background, and signal assigned
+to folds at random) are scored by the idealized classifiers trained without fold k. The flow
+samples' two-sample test is against the same test background.
 
 Writes ``anomaly.json`` (settings, environment, every record, summaries, targets) and
 ``anomaly.png`` (SIC curves of the first seed; per-method max SIC over seeds; null significances).
 
 Usage::
 
-    python applications/benchmarks/anomaly.py --seeds 5 --null-seeds 50 --lhco --jobs 2 --out results/anomaly
+    python applications/benchmarks/anomaly.py --seeds 5 --null-seeds 50 --lhco --lhco-seeds 3 --jobs 2 --out results/anomaly
     python applications/benchmarks/anomaly.py --quick --out /tmp/anomaly          # smoke run
 """
 
@@ -97,6 +100,9 @@ class Settings:
     folds: int
     device: str
     flow_folds: int = 1  # the null study's cross-fitted background densities (1: one flow)
+    inject: tuple[int, ...] = (1500, 300)  # LHCO: extra signal events injected, one run per seed each
+    window: tuple[float, float] = (3.45, 3.55)  # LHCO: the pseudo signal window
+    compare: tuple[str, ...] = ()  # LHCO: classifier models also run on the same flows
 
 
 def sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -230,44 +236,60 @@ def null_seed(seed: int, s: Settings) -> dict:
     return record
 
 
-def lhco(s: Settings, inject: int, window: tuple[float, float], seed: int = 0, compare: tuple[str, ...] = ()) -> dict:
-    """The methods on the real arrays with ``inject`` extra signal events; the classifier methods
-    again with each classifier model of ``compare`` (keys ``max_sic_<method>_<model>``)."""
+def lhco_run(index: int, s: Settings) -> dict:
+    """Run ``index`` on the real arrays: seed index // len(s.inject) with s.inject[index % len(s.inject)]
+    extra signal events. The classifier methods run again with each model of ``s.compare`` (keys
+    ``max_sic_<method>_<model>``)."""
+    seed, which = divmod(index, len(s.inject))
+    inject, window = s.inject[which], s.window
     files = {k: np.load(LHCO / f"innerdata_{k}.npy") for k in ("train", "val", "test", "extrasig_train")}
     data = np.r_[files["train"], files["val"], files["extrasig_train"][:inject]]
     m, x, y = data[:, 0], data[:, 1:5], data[:, 5]
     inside = (m > window[0]) & (m < window[1])
     test = files["test"][(files["test"][:, 0] > window[0]) & (files["test"][:, 0] < window[1])]
-    background_test = test[test[:, 5] == 0]
-    half = len(background_test) // 2
-    truth, scored = background_test[:half], np.r_[background_test[half:], test[test[:, 5] == 1]]
-    x_t, m_t, y_t = scored[:, 1:5], scored[:, 0], scored[:, 5]
-    record = {"inject": inject, "window": list(window), "window_events": int(inside.sum()), "window_signal": int(y[inside].sum()),
-              "window_s_over_b": float(y[inside].sum() / (1 - y[inside]).sum())}
+    x_t, m_t, y_t = test[:, 1:5], test[:, 0], test[:, 5]
+    truth = y_t == 0
+    record = {"seed": seed, "inject": inject, "window": list(window), "window_events": int(inside.sum()),
+              "window_signal": int(y[inside].sum()), "window_s_over_b": float(y[inside].sum() / (1 - y[inside]).sum()),
+              "test_background": int(truth.sum()), "test_signal": int((~truth).sum())}
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
+    classifier = dataclasses.replace(s.classifier, seed=seed)
     background = ConditionalDensity.fit(x[~inside], m[~inside], density, s.device, progress=False)
-    record["two_sample_auc_true_background"] = two_sample_auc(background.sample(truth[:, 0], seed=seed), truth[:, 1:5],
-                                                              s.classifier, s.device, seed)
-    logger.info("LHCO inject %d: two-sample AUC of flow samples vs true background %.4f", inject,
+    record["two_sample_auc_true_background"] = two_sample_auc(background.sample(m_t[truth], seed=seed), x_t[truth],
+                                                              classifier, s.device, seed)
+    logger.info("LHCO seed %d inject %d: two-sample AUC of flow samples vs true background %.4f", seed, inject,
                 record["two_sample_auc_true_background"])
     record["max_sic_anode"] = roc(anode(x[~inside], m[~inside], x[inside], m[inside], background, density, s.device,
                                         progress=False)(x_t, m_t), y_t).max_sic
-    logger.info("LHCO inject %d anode: max SIC %.2f", inject, record["max_sic_anode"])
-    for model in dict.fromkeys([s.classifier.model, *compare]):  # every classifier model on the same flow
-        classifier = dataclasses.replace(s.classifier, model=model)
+    logger.info("LHCO seed %d inject %d anode: max SIC %.2f", seed, inject, record["max_sic_anode"])
+    for model in dict.fromkeys([s.classifier.model, *s.compare]):  # every classifier model on the same flow
+        classifier = dataclasses.replace(s.classifier, model=model, seed=seed)
         for name, run in {
             "cathode": lambda: cathode(x[~inside], m[~inside], x[inside], m[inside], window, background, classifier=classifier,
-                                       folds=s.folds, device=s.device, progress=False, seed=seed),
+                                       folds=s.folds, device=s.device, progress=False, seed=seed)(x_t, m_t),
             "lacathode": lambda: lacathode(x[~inside], m[~inside], x[inside], m[inside], _one_flow(background),
                                            classifier=classifier, folds=s.folds, device=s.device, progress=False,
-                                           seed=seed),
-            "cwola": lambda: cwola(x[~inside], x[inside], classifier, s.folds, s.device, progress=False),
-            "idealized": lambda: idealized(x[inside], truth[:, 1:5], classifier, s.folds, s.device, progress=False),
+                                           seed=seed)(x_t, m_t),
+            "cwola": lambda: cwola(x[~inside], x[inside], classifier, s.folds, s.device, progress=False)(x_t, m_t),
+            "idealized": lambda: _idealized_on_test(x[inside], x_t, m_t, truth, classifier, s.folds, s.device, seed),
         }.items():
             key = f"max_sic_{name}" if model == s.classifier.model else f"max_sic_{name}_{model}"
-            record[key] = roc(run()(x_t, m_t), y_t).max_sic
-            logger.info("LHCO inject %d %s (%s classifiers): max SIC %.2f", inject, name, model, record[key])
+            record[key] = roc(run(), y_t).max_sic
+            logger.info("LHCO seed %d inject %d %s (%s classifiers): max SIC %.2f", seed, inject, name, model, record[key])
     return record
+
+
+def _idealized_on_test(x_sr: np.ndarray, x_test: np.ndarray, m_test: np.ndarray, truth: np.ndarray,
+                       classifier: ClassifierSettings, folds: int, device: str, seed: int) -> np.ndarray:
+    """Idealized-detector scores of the test events, whose background (``truth``) is also the
+    detector's true background: test events of fold k are scored by classifiers of the SR data
+    against the test background outside fold k, so no event is scored by a classifier that saw it."""
+    fold = np.random.default_rng(seed).permutation(len(x_test)) % folds
+    scores = np.zeros(len(x_test))
+    for k in range(folds):
+        scorer = idealized(x_sr, x_test[truth & (fold != k)], classifier, folds, device, progress=False)
+        scores[fold == k] = scorer(x_test[fold == k], m_test[fold == k])
+    return scores
 
 
 def _cached(function, seed: int, s: Settings, records: Path | None) -> dict:
@@ -354,14 +376,31 @@ def summarise(synthetic: list[dict], null: list[dict], real: list[dict]) -> tupl
                    and z.max() < 5)
             target(f"null {name} cut efficiency flat in m_jj at {keep}: sculpting p-values uniform (KS p)",
                    null_summary["sculpting_p_uniformity_ks"], "≥ 0.01", null_summary["sculpting_p_uniformity_ks"] >= 0.01)
-    for r in real:
-        if r["inject"] >= 1000:
-            target(f"LHCO window S/B {r['window_s_over_b']:.3f}: CATHODE max SIC", r["max_sic_cathode"], "> 7.2",
-                   r["max_sic_cathode"] > 7.2)
+    for inject, runs in _by_injection(real).items():
+        lhco = summary[f"lhco_{inject}"] = {
+            key: _spread([r[key] for r in runs])
+            for key in ("window_s_over_b", "two_sample_auc_true_background", *(k for k in runs[0] if k.startswith("max_sic_")))}
+        lhco["cathode_beats_cwola"] = int(sum(r["max_sic_cathode"] > r["max_sic_cwola"] for r in runs))
+        s_over_b, cathode_sic, cwola_sic = (lhco[k]["median"] for k in ("window_s_over_b", "max_sic_cathode", "max_sic_cwola"))
+        if inject >= 1000:
+            target(f"LHCO window S/B {s_over_b:.3f}: CATHODE max SIC (median, {_seeds(runs)})", cathode_sic, "> 7.2",
+                   cathode_sic > 7.2)
         else:
-            target(f"LHCO window S/B {r['window_s_over_b']:.3f}: CATHODE max SIC vs CWoLa", [r["max_sic_cathode"], r["max_sic_cwola"]],
-                   "CATHODE > CWoLa", r["max_sic_cathode"] > r["max_sic_cwola"])
+            target(f"LHCO window S/B {s_over_b:.3f}: CATHODE vs CWoLa max SIC (medians, {_seeds(runs)})",
+                   [cathode_sic, cwola_sic], "CATHODE > CWoLa", cathode_sic > cwola_sic)
     return summary, targets
+
+
+def _seeds(runs: list) -> str:
+    return f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"
+
+
+def _by_injection(real: list[dict]) -> dict[int, list[dict]]:
+    """The LHCO runs grouped by the signal injected (in the order of first appearance)."""
+    groups: dict[int, list[dict]] = {}
+    for r in real:
+        groups.setdefault(r["inject"], []).append(r)
+    return groups
 
 
 def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict], primary: str = "") -> None:
@@ -413,17 +452,21 @@ def plot(path: Path, synthetic: list[dict], null: list[dict], real: list[dict], 
         def lhco_bars(ax):
             models = [""] + sorted({key.rsplit("_", 1)[1] for r in real for key in r
                                     if key.startswith("max_sic_") and key.rsplit("_", 1)[1] in CLASSIFIER_MODELS})
-            width = 0.8 / (len(real) * len(models))
-            for i, r in enumerate(real):
+            groups = _by_injection(real)
+            width = 0.8 / (len(groups) * len(models))
+            for i, runs in enumerate(groups.values()):
                 for j, model in enumerate(models):
                     suffix = f"_{model}" if model else ""
-                    values = [r.get(f"max_sic_{k}{suffix}", np.nan) for k in LHCO_METHODS]
-                    ax.bar(np.arange(len(LHCO_METHODS)) + (i * len(models) + j) * width, values, width,
-                           hatch="//" if model else None, label=f"S/B {r['window_s_over_b']:.3f}, {model or primary} classifiers")
+                    values = np.array([[r.get(f"max_sic_{k}{suffix}", np.nan) for k in LHCO_METHODS] for r in runs])
+                    median = np.median(values, axis=0)
+                    spread = np.abs(np.quantile(values, [0.16, 0.84], axis=0) - median)
+                    ax.bar(np.arange(len(LHCO_METHODS)) + (i * len(models) + j) * width, median, width, yerr=spread,
+                           capsize=2, hatch="//" if model else None,
+                           label=f"S/B {np.median([r['window_s_over_b'] for r in runs]):.3f}, {model or primary} classifiers")
             ax.set_xticks(np.arange(len(LHCO_METHODS)) + 0.4 - width / 2, LHCO_METHODS)
             if any(r["inject"] >= 1000 for r in real):
                 ax.axhline(7.2, color="0.4", linestyle="--", linewidth=1, label="CATHODE target at S/B ≈ 2.7 %")
-            ax.set(ylabel="max SIC", title="LHCO R&D arrays, pseudo-window")
+            ax.set(ylabel="max SIC (median, 16–84 %)", title=f"LHCO R&D arrays, pseudo-window, {_seeds(next(iter(groups.values())))}")
             ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend
             ax.legend(fontsize=8, loc="upper left")
 
@@ -440,8 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5, help="synthetic seeds (0: skip)")
     p.add_argument("--null-seeds", type=int, default=0, help="background-only seeds for the bump hunt (0: skip)")
     p.add_argument("--lhco", action="store_true", help="also run on the real LHCO SR arrays")
-    p.add_argument("--inject", type=int, nargs="+", default=[1500, 300], help="extra LHCO signal injected (default 1500 300)")
-    p.add_argument("--window", type=float, nargs=2, default=[3.45, 3.55])
+    p.add_argument("--inject", type=int, nargs="+", default=list(Settings.inject),
+                   help="extra LHCO signal injected (default 1500 300)")
+    p.add_argument("--lhco-seeds", type=int, default=3, help="LHCO: seeds per injection")
+    p.add_argument("--window", type=float, nargs=2, default=list(Settings.window))
     p.add_argument("--background", type=int, default=1_000_000)
     p.add_argument("--s-over-b", type=float, default=0.006)
     p.add_argument("--test-background", type=int, default=40_000)
@@ -477,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.null_seeds, args.background = min(args.seeds, 1), min(args.null_seeds, 2), 60_000
+        args.lhco_seeds = min(args.lhco_seeds, 1)
         args.test_background, args.test_signal, args.epochs, args.classifier_epochs = 4000, 2000, 5, 4
         args.transforms, args.hidden, args.top_epochs, args.folds, args.s_over_b = 3, [32, 32], 2, 2, 0.05
     s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
@@ -485,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                                  scale_degree=args.scale_degree, ensemble=args.flow_ensemble),
                  ClassifierSettings(model=args.classifier, epochs=args.classifier_epochs, top_epochs=args.top_epochs,
                                     trees=args.trees),
-                 args.folds, args.device, args.flow_folds)
+                 args.folds, args.device, args.flow_folds, tuple(args.inject), tuple(args.window),
+                 tuple(args.compare_classifiers))
     started = time.perf_counter()
     records = Path(args.out) / "records"
     records.mkdir(parents=True, exist_ok=True)
@@ -496,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         if not LHCO.is_dir():
             logger.warning("no LHCO arrays at %s: skipping the real-data part", LHCO)
         else:
-            real = [lhco(s, inject, tuple(args.window), compare=tuple(args.compare_classifiers)) for inject in args.inject]
+            real = _map(lhco_run, range(args.lhco_seeds * len(args.inject)), s, args.jobs, records)
     summary, targets = summarise(synthetic, null, real)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -527,15 +574,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} bump hunt, {100 * keep:g} % of the SR kept: Z {leak['significance']['median']:.2f}, signal passing in SR "
                   f"{leak['sr_signal_passing']['median']:.0f} / in sidebands {leak['sideband_signal_passing']['median']:.0f}, "
                   f"SR background prediction − truth = {leak['bias_in_errors']['median']:+.2f} σ (median)")
-    for r in real:
-        print(f"LHCO window S/B {r['window_s_over_b']:.4f} (inject {r['inject']}; two-sample AUC of flow samples vs true "
-              f"background {r.get('two_sample_auc_true_background', float('nan')):.3f}): "
-              + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in LHCO_METHODS))
+    for inject, runs in _by_injection(real).items():
+        lhco = summary[f"lhco_{inject}"]
+        print(f"LHCO window S/B {lhco['window_s_over_b']['median']:.4f} (inject {inject}, {_seeds(runs)}; two-sample AUC "
+              f"of flow samples vs true background {lhco['two_sample_auc_true_background']['median']:.3f}): max SIC median "
+              "[16 %, 84 %] " + ", ".join(f"{k} {lhco[f'max_sic_{k}']['median']:.2f} [{lhco[f'max_sic_{k}']['p16']:.2f}, "
+                                         f"{lhco[f'max_sic_{k}']['p84']:.2f}]" for k in LHCO_METHODS)
+              + f"; CATHODE > CWoLa in {lhco['cathode_beats_cwola']} of {len(runs)} seeds")
+        for r in runs:
+            print(f"  seed {r['seed']}: " + ", ".join(f"{k} {r[f'max_sic_{k}']:.2f}" for k in LHCO_METHODS))
         for model in args.compare_classifiers:
             if model != args.classifier:
-                print(f"  with {model} classifiers: " + ", ".join(
-                    f"{k} {r[f'max_sic_{k}_{model}']:.2f} ({r[f'max_sic_{k}_{model}'] / r[f'max_sic_{k}']:.2f}×)"
-                    for k in LHCO_METHODS if f"max_sic_{k}_{model}" in r))
+                print(f"  with {model} classifiers (median): " + ", ".join(
+                    f"{k} {lhco[f'max_sic_{k}_{model}']['median']:.2f}" for k in LHCO_METHODS if f"max_sic_{k}_{model}" in lhco))
     print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
     return 0
 
