@@ -75,7 +75,7 @@ from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySett
 from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, supervised, two_sample_auc
 from nfapps.anomaly.metrics import roc
 from nfapps.anomaly.search import default_fit_range
-from nfapps.anomaly.synthetic import DijetModel, make_dataset, n_signal_for
+from nfapps.anomaly.synthetic import FEATURES, DijetModel, make_dataset, n_signal_for
 from nfapps.outputs import pyplot, save_figure, write_json
 
 logger = logging.getLogger("anomaly-benchmark")
@@ -99,7 +99,7 @@ class Settings:
     classifier: ClassifierSettings
     folds: int
     device: str
-    flow_folds: int = 1  # the null study's cross-fitted background densities (1: one flow)
+    flow_folds: int = 2  # the null study's cross-fitted background densities (1: one flow)
     inject: tuple[int, ...] = (1500, 300)  # LHCO: extra signal events injected, one run per seed each
     window: tuple[float, float] = (3.45, 3.55)  # LHCO: the pseudo signal window
     compare: tuple[str, ...] = ()  # LHCO: classifier models also run on the same flows
@@ -114,6 +114,11 @@ def sr_events(model: DijetModel, n: int, signal: bool, rng: np.random.Generator)
         ms.append(m[keep])
         xs.append(x[keep])
     return np.concatenate(ms)[:n], np.concatenate(xs)[:n]
+
+
+def _features(data: dict) -> np.ndarray:
+    """The synthetic events' features (events × FEATURES)."""
+    return np.stack([data[name] for name in FEATURES], axis=1)
 
 
 def _one_flow(background: ConditionalDensity | DensityFolds) -> ConditionalDensity | DensityFolds:
@@ -132,7 +137,7 @@ def synthetic_seed(seed: int, s: Settings) -> dict:
     model = DijetModel()
     n_signal = n_signal_for(model, s.s_over_b, s.background)
     data = make_dataset(model, s.background, n_signal, seed)
-    m, x, y = data["mjj"], np.c_[data["mj1"], data["delta_mj"], data["tau21_1"], data["tau21_2"]], data["label"]
+    m, x, y = data["mjj"], _features(data), data["label"]
     in_sr = (m > SR[0]) & (m < SR[1])
     rng = np.random.default_rng(10_000 + seed)
     m_tb, x_tb = sr_events(model, s.test_background, False, rng)
@@ -206,7 +211,7 @@ def null_seed(seed: int, s: Settings) -> dict:
     ``<method>_sculpting_p_<keep>``; the sculpting test runs on the fit range's sideband events)."""
     model = DijetModel()
     data = make_dataset(model, s.background, 0, 5000 + seed)
-    m, x = data["mjj"], np.c_[data["mj1"], data["delta_mj"], data["tau21_1"], data["tau21_2"]]
+    m, x = data["mjj"], _features(data)
     in_sr = (m > SR[0]) & (m < SR[1])
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
     classifier = ClassifierSettings(**{**s.classifier.__dict__, "seed": seed})
@@ -509,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier-epochs", type=int, default=60)
     p.add_argument("--top-epochs", type=int, default=10)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--flow-folds", type=int, default=2,
+    p.add_argument("--flow-folds", type=int, default=Settings.flow_folds,
                    help="null study: background densities cross-fitted on this many sideband folds (1: one flow)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")

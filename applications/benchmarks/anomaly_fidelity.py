@@ -43,11 +43,10 @@ from anomaly import SR, sr_events  # noqa: E402  (this folder's anomaly benchmar
 from nfapps.anomaly.classifier import ClassifierSettings  # noqa: E402
 from nfapps.anomaly.density import ConditionalDensity, DensitySettings  # noqa: E402
 from nfapps.anomaly.methods import two_sample_auc  # noqa: E402
-from nfapps.anomaly.synthetic import DijetModel, make_dataset  # noqa: E402
+from nfapps.anomaly.synthetic import FEATURES, DijetModel, make_dataset  # noqa: E402
 from nfapps.outputs import pyplot, save_figure, write_json  # noqa: E402
 
 logger = logging.getLogger("anomaly-fidelity")
-FEATURES = ("mj1", "delta_mj", "tau21_1", "tau21_2")
 
 
 def measure(density: ConditionalDensity, m_true: np.ndarray, x_true: np.ndarray, classifier: ClassifierSettings,
