@@ -208,6 +208,8 @@ def _add_events(commands: argparse._SubParsersAction) -> None:
 
 def _add_anomaly(commands: argparse._SubParsersAction) -> None:
     from .anomaly.classifier import CLASSIFIER_MODELS
+    from .anomaly.density import DensitySettings
+    from .training import LR_SCHEDULES
 
     p = commands.add_parser(
         "anomaly",
@@ -272,6 +274,9 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
                    help="cathode, anode: each background density an equal mixture of this many flows trained from different "
                         "seeds; its samples are closer to the true background (README), at this many times the training "
                         "(default: 3 for cathode and anode; lacathode needs 1)")
+    s.add_argument("--lr-schedule", default=DensitySettings.lr_schedule, choices=LR_SCHEDULES,
+                   help="the flows' learning-rate schedule: plateau (halve after 3 epochs without a lower validation NLL), "
+                        f"cosine or constant (default: {DensitySettings.lr_schedule})")
     s.add_argument("--seed", type=int, default=0)
 
     def search(args: argparse.Namespace) -> int:
@@ -282,7 +287,7 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
                                  classifier_epochs=args.classifier_epochs, folds=args.folds, seed=args.seed,
                                  device=args.device, progress=not args.quiet, fit_range=args.fit_range,
                                  classifier=args.classifier, flow_folds=args.flow_folds,
-                                 flow_ensemble=args.flow_ensemble)
+                                 flow_ensemble=args.flow_ensemble, lr_schedule=args.lr_schedule)
         keys = ("method", "events", "sr_events", "two_sample_auc_control", "max_sic")
         print(json.dumps({k: summary[k] for k in keys if k in summary} | {"out": args.out}, indent=2))
         return 0

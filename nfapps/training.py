@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 #: Data up to this many bytes is moved to an accelerator once; larger data stays in host memory
 #: and is copied over batch by batch.
 DEVICE_DATA_LIMIT = 1 << 30
+#: Learning-rate schedules of :func:`fit`.
+LR_SCHEDULES = ("constant", "cosine", "plateau")
+#: "plateau": the learning rate halves after every PLATEAU_EPOCHS epochs in a row without a lower validation NLL.
+PLATEAU_EPOCHS = 3
 
 # Independent random streams derived from the user's seed.
 _SPLIT, _ORDER, _RNG = 0, 1, 2
@@ -106,6 +110,7 @@ def fit(
     epochs: int = 100,
     batch_size: int = 512,
     lr: float = 1e-3,
+    lr_schedule: str = "constant",
     weight_decay: float = 0.0,
     val_fraction: float = 0.1,
     validation=None,
@@ -128,6 +133,13 @@ def fit(
         epochs: maximum number of passes over the training rows.
         batch_size: rows per optimiser step (the global batch when data-parallel).
         lr, weight_decay: Adam's learning rate and L2 penalty.
+        lr_schedule: "constant" (``lr`` throughout); "cosine": epoch e (from 0) runs at
+            lr_e = lr · (1 + cos(π e / epochs)) / 2, from ``lr`` down towards 0 at ``epochs``
+            (Loshchilov & Hutter 2017, without restarts); "plateau": the rate halves after every
+            ``PLATEAU_EPOCHS`` epochs in a row without a lower validation NLL (as torch's
+            ReduceLROnPlateau), so with ``patience`` > ``PLATEAU_EPOCHS`` a stalled run tries
+            smaller steps before it stops; needs validation rows. Both are functions of the
+            epoch and the validation history, so a resumed run continues the same schedule.
         val_fraction: share of rows held out (by a seeded permutation) to measure the
             validation NLL for early stopping; 0 trains on everything without early stopping.
         validation: explicit validation data instead: ``x_val`` or a tuple ``(x_val, context_val)``.
@@ -150,6 +162,10 @@ def fit(
         FloatingPointError: when an epoch's NLL becomes NaN or infinite.
     """
     _check_arguments(epochs, batch_size, lr, weight_decay, val_fraction, patience, clip_grad, seed)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if lr_schedule == "plateau" and val_fraction == 0 and validation is None:
+        raise ValueError("lr_schedule='plateau' follows the validation NLL: set val_fraction > 0 or pass validation data")
     epochs, batch_size, seed, lr, weight_decay = int(epochs), int(batch_size), int(seed), float(lr), float(weight_decay)
     clip_grad = float(clip_grad) if clip_grad is not None else None  # plain types: they go into the checkpoint
     params = [p for p in flow.parameters() if p.requires_grad]
@@ -163,7 +179,8 @@ def fit(
     train, val = _place(train, device), (_place(val, device) if val is not None else None)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     settings = {
-        "batch_size": batch_size, "seed": seed, "lr": lr, "weight_decay": weight_decay, "clip_grad": clip_grad,
+        "batch_size": batch_size, "seed": seed, "lr": lr, "lr_schedule": lr_schedule, "weight_decay": weight_decay,
+        "clip_grad": clip_grad,
         "n_train": train[0].shape[0], "n_val": val[0].shape[0] if val is not None else 0, "world_size": world,
     }
 
@@ -195,6 +212,8 @@ def fit(
                 (logging_redirect_tqdm() if show else contextlib.nullcontext()):
             for epoch in range(history.epochs_run, epochs if not finished else 0):
                 t0 = time.perf_counter()
+                for group in optimizer.param_groups:
+                    group["lr"] = scheduled_lr(lr, lr_schedule, epoch, epochs, history.val_nll)
                 train_nll, val_nll = _epoch(model, flow, optimizer, params, train, val, epoch, seed, batch_size, clip_grad, device)
                 _check_finite_epoch(epoch, train_nll, val_nll, lr)
                 improved = _record(state, flow, epoch, train_nll, val_nll, patience)
@@ -220,6 +239,23 @@ def fit(
         flow.load_state_dict(state.best_state)
     flow.eval()
     return history
+
+
+def scheduled_lr(lr: float, schedule: str, epoch: int, epochs: int, val_nll: Sequence[float] = ()) -> float:
+    """The learning rate of epoch ``epoch`` (from 0) of ``epochs`` under ``schedule`` (see :func:`fit`),
+    after the validation NLLs ``val_nll`` of the epochs before it."""
+    if schedule == "cosine":
+        return lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    if schedule == "plateau":
+        best, stalled, halvings = math.inf, 0, 0
+        for value in val_nll:
+            if value < best:
+                best, stalled = value, 0
+            else:
+                stalled += 1
+                halvings += stalled % PLATEAU_EPOCHS == 0
+        return lr * 0.5**halvings
+    return lr
 
 
 def _epoch(model, flow: Flow, optimizer, params, train: Pair, val: Pair | None, epoch: int, seed: int,

@@ -71,6 +71,11 @@ def test_an_interrupted_search_reuses_the_trained_background(events_file, tmp_pa
     other = SearchSettings(**{**settings.__dict__, "density": DensitySettings(**{**FAST["density"].__dict__, "epochs": 7})})
     with pytest.raises(ValueError, match=r"background.nfapps was trained with other density settings \(epochs 6 ≠ 7\)"):
         run_search(events, tmp_path / "run", other, device="cpu", progress=False)
+    schedule = "cosine" if FAST["density"].lr_schedule != "cosine" else "constant"
+    other = SearchSettings(**{**settings.__dict__, "density": DensitySettings(**{**FAST["density"].__dict__,
+                                                                                "lr_schedule": schedule})})
+    with pytest.raises(ValueError, match=rf"other density settings \(lr_schedule '{FAST['density'].lr_schedule}' ≠ '{schedule}'\)"):
+        run_search(events, tmp_path / "run", other, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("classifier", ["nn", "trees"])

@@ -19,7 +19,7 @@ from nfapps.atomic import FlowFileError, load_container
 from nfapps.builders import RealNVP
 from nfapps.device import resolve_device
 from nfapps.flow import Flow
-from nfapps.training import History, fit
+from nfapps.training import PLATEAU_EPOCHS, History, fit, scheduled_lr
 
 TESTS = Path(__file__).parent
 
@@ -147,9 +147,10 @@ def interrupt_after(epoch: int):
     return callback
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "plateau"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, schedule):
     x, c = make_data(context=1)
-    kwargs = dict(epochs=6, patience=None, **QUICK)
+    kwargs = dict(epochs=6, patience=None, lr_schedule=schedule, **QUICK)
     reference = build(context=1)
     expected = fit(reference, x, c, **kwargs)
 
@@ -264,3 +265,36 @@ def test_reproducible_arithmetic_runs_on_one_thread_and_restores_the_settings():
         assert torch.get_num_threads() == 2 and not torch.backends.cudnn.deterministic
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cosine_schedule_anneals_the_learning_rate():
+    lrs = [scheduled_lr(1e-2, "cosine", e, 10) for e in range(10)]
+    assert lrs[0] == 1e-2 and lrs[5] == pytest.approx(5e-3) and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
+    assert lrs[9] == pytest.approx(1e-2 * (1 + np.cos(0.9 * np.pi)) / 2)
+    assert scheduled_lr(1e-2, "constant", 9, 10) == 1e-2
+    x, _ = make_data()
+    runs = {}
+    for schedule, epochs in (("constant", 1), ("cosine", 1), ("constant", 3), ("cosine", 3)):
+        flow = build()
+        runs[schedule, epochs] = fit(flow, x, epochs=epochs, patience=None, lr_schedule=schedule, **QUICK), flow
+    # epoch 0 runs at the full rate under both; later epochs of the cosine run are slower
+    assert same_weights(runs["constant", 1][1], runs["cosine", 1][1])
+    assert runs["constant", 3][0].train_nll[:1] == runs["cosine", 3][0].train_nll[:1]
+    assert runs["constant", 3][0].train_nll[1:] != runs["cosine", 3][0].train_nll[1:]
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        fit(build(), x, epochs=1, lr_schedule="step", **QUICK)
+
+
+def test_plateau_schedule_halves_after_stalled_epochs():
+    assert PLATEAU_EPOCHS == 3
+    history = [3.0, 2.0, 2.5, 2.5, 2.5, 1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5]
+    # halved after the 3rd stalled epoch following 2.0; then 1.0 resets the count (the rate stays
+    # halved) and six more stalled epochs halve it twice
+    expected = [1, 1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
+    assert [scheduled_lr(1.0, "plateau", e, 20, history[:e]) for e in range(13)] == expected
+    x, _ = make_data()
+    with pytest.raises(ValueError, match="plateau.*val_fraction > 0"):
+        fit(build(), x, epochs=1, lr_schedule="plateau", val_fraction=0, **QUICK)
+    flow = build()  # a run that stalls keeps going at smaller steps until `patience` stalled epochs
+    history = fit(flow, x, epochs=200, patience=8, lr_schedule="plateau", **QUICK)
+    assert history.stopped_early and len(history.val_nll) == history.epochs_run

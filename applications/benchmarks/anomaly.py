@@ -77,6 +77,7 @@ from nfapps.anomaly.metrics import roc
 from nfapps.anomaly.search import default_fit_range
 from nfapps.anomaly.synthetic import FEATURES, DijetModel, make_dataset, n_signal_for
 from nfapps.outputs import pyplot, save_figure, write_json
+from nfapps.training import LR_SCHEDULES
 
 logger = logging.getLogger("anomaly-benchmark")
 SR = (3.3, 3.7)
@@ -504,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-degree", type=int, default=DensitySettings.scale_degree,
                    help="polynomial trend in m of the features' log-width taken out before the flow (0: none)")
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    p.add_argument("--lr-schedule", default=DensitySettings.lr_schedule, choices=LR_SCHEDULES,
+                   help="the flows' learning-rate schedule (nfapps.training.fit)")
     p.add_argument("--flow-ensemble", type=int, default=1,
                    help="each background density an equal mixture of this many flows from different seeds (CATHODE, "
                         "ANODE and the two-sample AUC; LaCATHODE takes the first flow)")
@@ -533,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(args.background, args.s_over_b, args.test_background, args.test_signal,
                  DensitySettings(architecture=args.architecture, epochs=args.epochs, transforms=args.transforms,
                                  hidden=tuple(args.hidden), trend_degree=args.trend_degree,
-                                 scale_degree=args.scale_degree, ensemble=args.flow_ensemble),
+                                 scale_degree=args.scale_degree, ensemble=args.flow_ensemble,
+                                 lr_schedule=args.lr_schedule),
                  ClassifierSettings(model=args.classifier, epochs=args.classifier_epochs, top_epochs=args.top_epochs,
                                     trees=args.trees),
                  args.folds, args.device, args.flow_folds, tuple(args.inject), tuple(args.window),

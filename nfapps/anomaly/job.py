@@ -55,14 +55,15 @@ def run_search_job(path: str | Path, mass: str, features: Sequence[str], sr: Seq
                    columns: Sequence[str] | None = None, epochs: int = 100, classifier_epochs: int = 40, folds: int = 5,
                    seed: int = 0, device: str = "auto", progress: bool = True,
                    fit_range: Sequence[float] | None = None, classifier: str = "nn", flow_folds: int = 2,
-                   flow_ensemble: int | None = None) -> dict[str, Any]:
+                   flow_ensemble: int | None = None, lr_schedule: str = DensitySettings.lr_schedule) -> dict[str, Any]:
     """Read the events and run :func:`~nfapps.anomaly.search.run_search` into ``out``."""
     events = read_events(path, mass, list(features), tree=tree, key=key, label=label, columns=columns)
     logger.info("read %d events with features %s from %s", len(events), events.names, path)
     settings = SearchSettings(
         sr=tuple(sr), method=method, folds=folds, flow_folds=flow_folds, seed=seed,
         mass_range=tuple(fit_range) if fit_range else None,
-        density=DensitySettings(epochs=epochs, seed=seed, ensemble=flow_ensemble_for(method, flow_ensemble)),
+        density=DensitySettings(epochs=epochs, seed=seed, ensemble=flow_ensemble_for(method, flow_ensemble),
+                                lr_schedule=lr_schedule),
         classifier=ClassifierSettings(model=classifier, epochs=classifier_epochs, top_epochs=min(5, classifier_epochs),
                                       seed=seed),
     )
