@@ -508,4 +508,4 @@ def _difference(saved: dict, current: dict) -> str:
     return ""
 
 
-__all__ = ["History", "fit"]
+__all__ = ["History", "LR_SCHEDULES", "PLATEAU_EPOCHS", "fit", "scheduled_lr"]

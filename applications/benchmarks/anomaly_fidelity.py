@@ -45,6 +45,7 @@ from nfapps.anomaly.density import ConditionalDensity, DensitySettings  # noqa: 
 from nfapps.anomaly.methods import two_sample_auc  # noqa: E402
 from nfapps.anomaly.synthetic import FEATURES, DijetModel, make_dataset  # noqa: E402
 from nfapps.outputs import pyplot, save_figure, write_json  # noqa: E402
+from nfapps.training import LR_SCHEDULES  # noqa: E402
 
 logger = logging.getLogger("anomaly-fidelity")
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--transforms", type=int, default=6)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    p.add_argument("--lr-schedule", default=DensitySettings.lr_schedule, choices=LR_SCHEDULES,
+                   help="the flows' learning-rate schedule (nfapps.training.fit)")
     p.add_argument("--trees", type=int, default=3, help="boosted-tree models of the two-sample classifier")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     m_true, x_true = sr_events(model, args.truth, False, np.random.default_rng(10_000 + args.seed))
     true_nll = float(-model.log_prob_features_background(x_true, m_true).mean())
     settings = DensitySettings(architecture=args.architecture, epochs=args.epochs, transforms=args.transforms,
-                               hidden=tuple(args.hidden), seed=args.seed, ensemble=args.members)
+                               hidden=tuple(args.hidden), seed=args.seed, ensemble=args.members,
+                               lr_schedule=args.lr_schedule)
     density = ConditionalDensity.fit(x[sideband], m[sideband], settings, args.device,
                                      checkpoint=out / "anomaly-fidelity-work" / "flow.ckpt", progress=True)
     t_train = time.perf_counter() - started
