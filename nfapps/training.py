@@ -212,10 +212,11 @@ def fit(
                 (logging_redirect_tqdm() if show else contextlib.nullcontext()):
             for epoch in range(history.epochs_run, epochs if not finished else 0):
                 t0 = time.perf_counter()
+                epoch_lr = scheduled_lr(lr, lr_schedule, epoch, epochs, history.val_nll)
                 for group in optimizer.param_groups:
-                    group["lr"] = scheduled_lr(lr, lr_schedule, epoch, epochs, history.val_nll)
+                    group["lr"] = epoch_lr
                 train_nll, val_nll = _epoch(model, flow, optimizer, params, train, val, epoch, seed, batch_size, clip_grad, device)
-                _check_finite_epoch(epoch, train_nll, val_nll, lr)
+                _check_finite_epoch(epoch, train_nll, val_nll, lr, epoch_lr)
                 improved = _record(state, flow, epoch, train_nll, val_nll, patience)
                 history.wall_time = base_time + time.perf_counter() - started
                 if dist.is_main():
@@ -418,12 +419,15 @@ def _nll_sum(flow: Flow, pair: Pair, batch_size: int, rank: int, world: int, dev
     return total
 
 
-def _check_finite_epoch(epoch: int, train_nll: float, val_nll: float | None, lr: float) -> None:
+def _check_finite_epoch(epoch: int, train_nll: float, val_nll: float | None, lr: float, epoch_lr: float) -> None:
+    """Raise if an epoch's NLL is not finite, naming the rate the epoch ran at (``epoch_lr``, which a
+    schedule may have lowered from the ``lr`` the caller passed)."""
     for name, value in (("training", train_nll), ("validation", val_nll)):
         if value is not None and not math.isfinite(value):
+            at = f"lr={lr}" if epoch_lr == lr else f"lr={lr}; this epoch ran at {epoch_lr:.3g}"
             raise FloatingPointError(
                 f"the {name} NLL became {value} in epoch {epoch + 1}: the flow gives zero density to some rows "
-                f"or diverged; lower lr (now {lr}), standardise the data, or check that the data lie in "
+                f"or diverged; lower lr ({at}), standardise the data, or check that the data lie in "
                 "the base distribution's support"
             )
 
@@ -488,7 +492,8 @@ def _resume(path: Path, flow: Flow, optimizer: torch.optim.Optimizer, settings: 
         group["lr"], group["weight_decay"] = settings["lr"], settings["weight_decay"]
     if state.best_state is not None:
         state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
-    changed = {k: (ck.get("settings", {}).get(k), v) for k, v in settings.items() if ck.get("settings", {}).get(k) != v}
+    saved = {"lr_schedule": "constant", **ck.get("settings", {})}  # checkpoints from before schedules ran at a constant rate
+    changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
     if changed and dist.is_main():
         logger.warning("resuming %s with different settings %s (saved → now); the result will differ from an "
                        "uninterrupted run", path, changed)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nfapps.anomaly.classifier import ClassifierSettings, cross_fit, train_classifier
-from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySettings
+from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySettings, fit_background
 from nfapps.anomaly.bumphunt import sculpting
 from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, sample_sr_masses, two_sample_auc
 from nfapps.anomaly.metrics import auc, max_sic, roc
@@ -272,8 +272,8 @@ def test_density_folds_train_each_density_without_its_fold_and_score_every_sideb
     in_sr = (m > sr[0]) & (m < sr[1])
     sb = ~in_sr
     settings = DensitySettings(epochs=4, transforms=2, hidden=(16, 16))
-    folds = DensityFolds.fit(x[sb], m[sb], settings, 2, "cpu", checkpoint=tmp_path / "ckpt", progress=False)
-    assert len(folds) == 2 and abs(np.sum(folds.fold == 0) - np.sum(folds.fold == 1)) <= 1
+    folds = fit_background(x[sb], m[sb], settings, 2, "cpu", checkpoint=tmp_path / "ckpt", progress=False)
+    assert isinstance(folds, DensityFolds) and len(folds) == 2 and abs(np.sum(folds.fold == 0) - np.sum(folds.fold == 1)) <= 1
     for k, density in enumerate(folds.densities):  # its preprocessing was fitted on the events outside fold k
         assert np.array_equal(density.scaler.low, LogitScaler.fit(x[sb][folds.fold != k]).low)
         assert (tmp_path / "ckpt" / f"fold{k}.ckpt").is_file()
@@ -296,6 +296,9 @@ def test_density_folds_train_each_density_without_its_fold_and_score_every_sideb
     assert np.array_equal(first.densities[1].log_prob(x[:50], m[:50]), folds.densities[1].log_prob(x[:50], m[:50]))
     with pytest.raises(ValueError, match="flow folds must be an integer ≥ 2"):
         DensityFolds.fit(x[sb], m[sb], settings, 1, "cpu", progress=False)
+    one = fit_background(x[sb][:2000], m[sb][:2000], DensitySettings(epochs=1, transforms=1, hidden=(8,)), 1, "cpu",
+                         progress=False)
+    assert isinstance(one, ConditionalDensity)
     with pytest.raises(ValueError, match="trained on .* sideband events, got"):
         cathode(x[sb][:100], m[sb][:100], x[in_sr], m[in_sr], sr, folds, classifier=FAST_TREES, progress=False)
 

@@ -201,6 +201,22 @@ def test_checkpoint_of_another_flow_is_refused(tmp_path):
     assert load_container(path, "checkpoint")["history"]["epochs_run"] == 1
 
 
+def test_checkpoint_from_before_schedules_resumes_as_constant_rate(tmp_path, caplog):
+    x, _ = make_data()
+    path = tmp_path / "ck.nfapps"
+    with pytest.raises(Interrupt):
+        fit(build(), x, checkpoint=path, epochs=3, callback=interrupt_after(1), **QUICK)
+    old = load_container(path, "checkpoint")
+    del old["settings"]["lr_schedule"]  # as written before fit() had lr_schedule
+    atomic.dump(old, path, "checkpoint")
+    with caplog.at_level("WARNING", logger="nfapps.training"):
+        fit(build(), x, checkpoint=path, epochs=2, **QUICK)
+    assert "different settings" not in caplog.text
+    with caplog.at_level("WARNING", logger="nfapps.training"):
+        fit(build(), x, checkpoint=path, epochs=3, lr_schedule="cosine", **QUICK)
+    assert "'lr_schedule': ('constant', 'cosine')" in caplog.text
+
+
 KILLED_RUN = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -298,3 +314,25 @@ def test_plateau_schedule_halves_after_stalled_epochs():
     flow = build()  # a run that stalls keeps going at smaller steps until `patience` stalled epochs
     history = fit(flow, x, epochs=200, patience=8, lr_schedule="plateau", **QUICK)
     assert history.stopped_early and len(history.val_nll) == history.epochs_run
+    # it ran at the full rate until its validation history first asked for a halving, then slower:
+    # the same epochs at a constant rate agree up to that epoch and part after it
+    rates = [scheduled_lr(QUICK["lr"], "plateau", e, 200, history.val_nll[:e]) for e in range(history.epochs_run)]
+    first_halved = rates.index(QUICK["lr"] / 2)
+    constant = fit(build(), x, epochs=history.epochs_run, patience=None, **QUICK)
+    assert constant.train_nll[:first_halved] == history.train_nll[:first_halved]
+    assert constant.train_nll[first_halved] != history.train_nll[first_halved]
+
+
+def test_divergence_error_names_the_rate_the_epoch_ran_at(monkeypatch):
+    import nfapps.training as training
+
+    def diverge_at_third(model, flow, optimizer, *args):
+        epoch = args[3]
+        return (float("nan") if epoch == 2 else 1.0), 1.0
+
+    monkeypatch.setattr(training, "_epoch", diverge_at_third)
+    x, _ = make_data()
+    with pytest.raises(FloatingPointError, match=r"NLL became nan in epoch 3.*lower lr \(lr=0.05; this epoch ran at 0.025\)"):
+        fit(build(), x, epochs=4, lr_schedule="cosine", **QUICK)
+    with pytest.raises(FloatingPointError, match=r"lower lr \(lr=0.05\)"):
+        fit(build(), x, epochs=4, **QUICK)

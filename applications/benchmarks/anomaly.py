@@ -71,7 +71,7 @@ from scipy import stats
 
 from nfapps.anomaly.bumphunt import bump_hunt, sculpting
 from nfapps.anomaly.classifier import CLASSIFIER_MODELS, ClassifierSettings
-from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySettings
+from nfapps.anomaly.density import ConditionalDensity, DensityFolds, DensitySettings, fit_background
 from nfapps.anomaly.methods import anode, cathode, cwola, idealized, lacathode, supervised, two_sample_auc
 from nfapps.anomaly.metrics import roc
 from nfapps.anomaly.search import default_fit_range
@@ -216,10 +216,8 @@ def null_seed(seed: int, s: Settings) -> dict:
     in_sr = (m > SR[0]) & (m < SR[1])
     density = DensitySettings(**{**s.density.__dict__, "seed": seed})
     classifier = ClassifierSettings(**{**s.classifier.__dict__, "seed": seed})
-    if s.flow_folds > 1:  # every sideband event scored by the method on a density that never saw it
-        background = DensityFolds.fit(x[~in_sr], m[~in_sr], density, s.flow_folds, s.device, progress=False)
-    else:
-        background = ConditionalDensity.fit(x[~in_sr], m[~in_sr], density, s.device, progress=False)
+    # with flow_folds > 1 every sideband event is scored by the method on a density that never saw it
+    background = fit_background(x[~in_sr], m[~in_sr], density, s.flow_folds, s.device, progress=False)
     fit_range = default_fit_range(m, SR)
     edges = np.linspace(*fit_range, 21)
     record: dict = {"seed": seed}

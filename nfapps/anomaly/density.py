@@ -304,4 +304,16 @@ class DensityFolds:
                    np.asarray(payload["fold"]))
 
 
-__all__ = ["DensitySettings", "ConditionalDensity", "DensityFolds", "ARCHITECTURES"]
+def fit_background(x: np.ndarray, m: np.ndarray, settings: DensitySettings | None = None, folds: int = 1,
+                   device: str = "auto", checkpoint: str | Path | None = None,
+                   progress: bool = True) -> ConditionalDensity | DensityFolds:
+    """The background density p(x | m) of sideband events: one :class:`ConditionalDensity` on all
+    of them (``folds`` = 1; ``checkpoint`` a file) or :class:`DensityFolds` cross-fitted on
+    ``folds`` folds (``checkpoint`` a directory), so every sideband event has a density that
+    never saw it."""
+    if folds == 1:
+        return ConditionalDensity.fit(x, m, settings, device, checkpoint=checkpoint, progress=progress)
+    return DensityFolds.fit(x, m, settings, folds, device, checkpoint=checkpoint, progress=progress)
+
+
+__all__ = ["DensitySettings", "ConditionalDensity", "DensityFolds", "ARCHITECTURES", "fit_background"]

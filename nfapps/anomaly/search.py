@@ -42,7 +42,7 @@ from ..atomic import write_bytes_atomic
 from ..outputs import pyplot, save_figure, write_json
 from .bumphunt import bump_hunt, plot_bump_hunt, sculpting
 from .classifier import ClassifierSettings
-from .density import ConditionalDensity, DensityFolds, DensitySettings
+from .density import ConditionalDensity, DensityFolds, DensitySettings, fit_background
 from .methods import METHODS, anode, background_samples, cathode, cwola, lacathode, supervised, two_sample_auc
 from .metrics import roc
 from .readers import Events
@@ -120,10 +120,8 @@ def _background(events: Events, train: np.ndarray, s: SearchSettings, out: Path,
         logger.info("using the background density in %s", saved)
         return density
     x, m = events.features[train], events.mass[train]
-    if folds > 1:
-        density = DensityFolds.fit(x, m, s.density, folds, device, checkpoint=out / "background-folds", progress=progress)
-    else:
-        density = ConditionalDensity.fit(x, m, s.density, device, checkpoint=out / "background.ckpt", progress=progress)
+    density = fit_background(x, m, s.density, folds, device, progress=progress,
+                             checkpoint=out / ("background-folds" if folds > 1 else "background.ckpt"))
     density.save(saved)
     return density
 
