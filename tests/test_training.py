@@ -326,8 +326,7 @@ def test_plateau_schedule_halves_after_stalled_epochs():
 def test_divergence_error_names_the_rate_the_epoch_ran_at(monkeypatch):
     import nfapps.training as training
 
-    def diverge_at_third(model, flow, optimizer, *args):
-        epoch = args[3]
+    def diverge_at_third(model, flow, optimizer, params, train, val, epoch, *rest):
         return (float("nan") if epoch == 2 else 1.0), 1.0
 
     monkeypatch.setattr(training, "_epoch", diverge_at_third)
